@@ -1,0 +1,56 @@
+"""timm HRNet trunk returning one stride-4 feature map.
+
+``timm.create_model(name, features_only=True, feature_location='', out_indices=(1, 2, 3, 4))``
+yields HRNet's four raw branches (strides 4, 8, 16, 32) with the same stem/stage layout and
+parameter names as the reference DEKR backbone. The three coarse maps are upsampled bilinearly
+(``align_corners=False``) to stride 4 and concatenated: ``sum(feature_info.channels())`` channels
+(240 for W18-small, 270 for W18, 480 for W32, 720 for W48).
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HRNET_VARIANTS = ("hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w30", "hrnet_w32",
+                  "hrnet_w40", "hrnet_w44", "hrnet_w48", "hrnet_w64")
+
+
+class HRNetBackbone(nn.Module):
+    """HRNet from timm, branches fused to stride 4.
+
+    Args:
+        name: timm model name (``hrnet_w18_small``, ``hrnet_w18``, ``hrnet_w32``, ``hrnet_w48``, ...).
+        pretrained: load timm's ImageNet weights (needs network access or a warm timm cache).
+
+    ``forward(images [N, 3, H, W]) -> [N, out_channels, H/4, W/4]``.
+    """
+
+    def __init__(self, name: str = "hrnet_w32", pretrained: bool = False) -> None:
+        super().__init__()
+        if name not in HRNET_VARIANTS:
+            raise ValueError(f"unknown HRNet backbone '{name}'; choose one of {HRNET_VARIANTS}")
+        try:
+            self.body = timm.create_model(
+                name, pretrained=pretrained, features_only=True, feature_location="",
+                out_indices=(1, 2, 3, 4),
+            )
+        except Exception as err:  # timm raises various network/hub errors
+            if not pretrained:
+                raise
+            raise RuntimeError(
+                f"could not load ImageNet weights for '{name}' through timm ({type(err).__name__}: {err}). "
+                "Pretrained weights need network access to the Hugging Face hub or a warm timm cache; "
+                "set model.backbone.pretrained=false to train from scratch, or fine-tune from a "
+                "converted DEKR checkpoint (python -m dekr.convert)."
+            ) from err
+        self.channels: list[int] = list(self.body.feature_info.channels())
+        self.out_channels = sum(self.channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.body(images)
+        size = feats[0].shape[-2:]
+        ups = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
+        return torch.cat([feats[0], *ups], dim=1)

@@ -1,0 +1,85 @@
+"""Reading DEKR weights: Lightning checkpoints, converted reference checkpoints, plain state_dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model it is loaded into."""
+
+
+def _diagnose(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    hints = []
+    own = model.state_dict()
+    hm = state.get("heatmap_head.final.weight")
+    if hm is not None and "heatmap_head.final.weight" in own and hm.shape != own["heatmap_head.final.weight"].shape:
+        hints.append(
+            f"keypoint count differs: checkpoint has {hm.shape[0] - 1} keypoints, model has "
+            f"{own['heatmap_head.final.weight'].shape[0] - 1} (set the data config / model.num_keypoints)"
+        )
+    key = "backbone.body.transition1.0.0.weight"
+    if key in state and key in own and state[key].shape != own[key].shape:
+        hints.append(
+            f"backbone width differs: checkpoint is HRNet-W{state[key].shape[0]}, model is "
+            f"HRNet-W{own[key].shape[0]} (choose model=dekr_w{state[key].shape[0]})"
+        )
+    if any(k.startswith(("offset_feature_layers.", "module.offset_feature_layers.")) for k in state):
+        hints.append("this is an official HRNet/DEKR checkpoint: convert it first with "
+                     "`python -m dekr.convert SRC DST --source official`")
+    elif any(k.startswith("head.displacement_conv_layers") or k.startswith("keypoint_head.") for k in state):
+        hints.append("this is an MMPose checkpoint: convert it first with "
+                     "`python -m dekr.convert SRC DST --source mmpose`")
+    return hints
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointMismatchError` naming missing/unexpected/mis-shaped keys and the
+    likely cause, unless ``state`` fits ``model`` exactly."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"{origin} does not match the model:"]
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            lines.append(f"  {label}: {shown}")
+    hints = _diagnose(model, state)
+    if hints:
+        lines.append("  likely cause: " + "; ".join(hints))
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read model weights from a Lightning ``.ckpt`` (``model.*`` keys), a converted checkpoint
+    (``{"state_dict": ...}``) or a plain ``state_dict`` file, with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}. Pass a trained .ckpt or a file made by `python -m dekr.convert`."
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointMismatchError(f"could not read {path} as a torch checkpoint: {err}") from err
+    state = payload.get("state_dict", payload) if isinstance(payload, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise CheckpointMismatchError(f"{path} holds no state_dict")
+    if any(k.startswith("model.") for k in state):  # Lightning module: keep the network's weights
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return dict(state)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load ``path`` into ``model`` strictly, with a clear error on any mismatch."""
+    state = read_state_dict(path)
+    check_state_dict(model, state, origin=str(path))
+    model.load_state_dict(state)
+    return model
