@@ -12,10 +12,29 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models.hrnet import HighResolutionNetFeatures
 from torch import nn
 
 HRNET_VARIANTS = ("hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w30", "hrnet_w32",
                   "hrnet_w40", "hrnet_w44", "hrnet_w48", "hrnet_w64")
+
+
+def _stage(branches: int, blocks: int, width: int, block: str = "BASIC") -> dict:
+    return {"num_modules": 1, "num_branches": branches, "block_type": block, "num_blocks": (blocks,) * branches,
+            "num_channels": tuple(width * 2**i for i in range(branches)), "fuse_method": "SUM"}
+
+
+#: Project-defined HRNet layouts in timm's format, built with timm's own classes (no ImageNet weights).
+#: ``hrnet_tiny`` (W8, one block per branch) is the quickstart's CPU-sized trunk.
+CUSTOM_VARIANTS: dict[str, dict] = {
+    "hrnet_tiny": {
+        "stem_width": 32,
+        "stage1": {**_stage(1, 1, 16, "BOTTLENECK")},
+        "stage2": _stage(2, 1, 8),
+        "stage3": _stage(3, 1, 8),
+        "stage4": _stage(4, 1, 8),
+    },
+}
 
 
 class HRNetBackbone(nn.Module):
@@ -30,8 +49,18 @@ class HRNetBackbone(nn.Module):
 
     def __init__(self, name: str = "hrnet_w32", pretrained: bool = False) -> None:
         super().__init__()
-        if name not in HRNET_VARIANTS:
-            raise ValueError(f"unknown HRNet backbone '{name}'; choose one of {HRNET_VARIANTS}")
+        if name not in HRNET_VARIANTS and name not in CUSTOM_VARIANTS:
+            raise ValueError(
+                f"unknown HRNet backbone '{name}'; choose one of {HRNET_VARIANTS + tuple(CUSTOM_VARIANTS)}"
+            )
+        if name in CUSTOM_VARIANTS:
+            if pretrained:
+                raise ValueError(f"'{name}' is a project-defined layout without ImageNet weights; "
+                                 "set model.pretrained=false")
+            self.body = HighResolutionNetFeatures(CUSTOM_VARIANTS[name], feature_location="", out_indices=(1, 2, 3, 4))
+            self.channels = list(self.body.feature_info.channels())
+            self.out_channels = sum(self.channels)
+            return
         try:
             self.body = timm.create_model(
                 name, pretrained=pretrained, features_only=True, feature_location="",

@@ -57,6 +57,14 @@ class DEKR(nn.Module):
         if num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
         self.num_keypoints = num_keypoints
+        #: constructor arguments (without ``pretrained``), stored in checkpoints to rebuild the network
+        self.config = {
+            "num_keypoints": num_keypoints, "backbone": backbone, "heatmap_channels": heatmap_channels,
+            "heatmap_blocks": heatmap_blocks, "num_branches": num_branches,
+            "keypoint_groups": [list(g) for g in keypoint_groups] if keypoint_groups is not None else None,
+            "channels_per_keypoint": channels_per_keypoint, "offset_blocks": offset_blocks, "block": block,
+            "dilation": dilation, "adaptive_impl": adaptive_impl, "checkpoint": checkpoint,
+        }
         self.backbone = HRNetBackbone(backbone, pretrained=pretrained)
         c_in = self.backbone.out_channels
         self.heatmap_head = HeatmapHead(c_in, num_keypoints, heatmap_channels, heatmap_blocks)
@@ -74,9 +82,14 @@ class DEKR(nn.Module):
 
     def set_adaptive_impl(self, impl: str) -> None:
         """Switch every adaptive block to another kernel (weights are shared by both)."""
+        from dekr.model.adaptive import IMPLS, GroupedAdaptiveBlock
+
+        if impl not in IMPLS:
+            raise ValueError(f"adaptive conv impl must be one of {IMPLS}, got '{impl}'")
         for module in self.modules():
-            if hasattr(module, "impl") and hasattr(module, "transform"):
+            if isinstance(module, GroupedAdaptiveBlock):
                 module.impl = impl
+        self.config["adaptive_impl"] = impl
 
 
 def init_head_weights(module: nn.Module) -> None:
