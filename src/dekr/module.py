@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -71,9 +72,10 @@ class DEKRModule(pl.LightningModule):
         max_dets: int = 20,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "keypoints"])
         self.net = net
         self.spec = build_keypoint_spec(keypoints)
+        self.hparams["keypoints"] = {k: _plain(v) for k, v in dataclasses.asdict(self.spec).items()}
         if getattr(net, "num_keypoints", self.spec.num_keypoints) != self.spec.num_keypoints:
             raise ValueError(
                 f"model predicts {net.num_keypoints} keypoints but the data declares {self.spec.num_keypoints} "
@@ -160,17 +162,17 @@ class DEKRModule(pl.LightningModule):
                              flip_test=bool(t["flip"]), scales=tuple(float(s) for s in t["scales"]),
                              device=self.device, batch_size=int(t["batch_size"]))
 
-    def _make_metric(self) -> KeypointAP:
+    def _make_metric(self, split: str = "val") -> KeypointAP:
         annotations = self.val_annotations
-        if annotations is None:
-            dm = getattr(self.trainer, "datamodule", None)
-            annotations = getattr(dm, "val_annotations", None)
+        dm = getattr(self.trainer, "datamodule", None)
+        if annotations is None and hasattr(dm, "annotation_file"):
+            annotations = dm.annotation_file(split)
         if annotations is None:
             raise ValueError("no validation annotations: pass val_annotations or use a datamodule that has them")
         return KeypointAP(annotations, self.spec, max_dets=self.max_dets).to(self.device)
 
-    def on_validation_epoch_start(self) -> None:
-        self.metric = self._make_metric()
+    def on_validation_epoch_start(self, split: str = "val") -> None:
+        self.metric = self._make_metric(split)
         self._estimator = self.estimator()
         self.last_val_results = []
 
@@ -192,7 +194,7 @@ class DEKRModule(pl.LightningModule):
         self.metric.reset()
 
     def on_test_epoch_start(self) -> None:
-        self.on_validation_epoch_start()
+        self.on_validation_epoch_start("test")
 
     def test_step(self, batch: Sequence[dict], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -210,6 +212,10 @@ class DEKRModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_ap = float(checkpoint.get("best_ap", -1.0))
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def _tuples(cfg: dict) -> dict:

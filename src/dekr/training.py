@@ -54,9 +54,16 @@ def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    return [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()
-            if isinstance(c, DictConfig) and "_target_" in c]
+def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[pl.Callback]:
+    """Instantiate ``cfg.callbacks``; the LR monitor is dropped when no logger is configured."""
+    out = []
+    for c in (cfg.get("callbacks") or {}).values():
+        if not isinstance(c, DictConfig) or "_target_" not in c:
+            continue
+        if not with_logger and c._target_.endswith("LearningRateMonitor"):
+            continue
+        out.append(hydra.utils.instantiate(c))
+    return out
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -106,8 +113,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     if cfg.get("sync_batchnorm"):
         module.net = __import__("torch").nn.SyncBatchNorm.convert_sync_batchnorm(module.net)
-    callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg, with_logger=bool(loggers))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
     )

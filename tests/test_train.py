@@ -1,0 +1,208 @@
+"""Training system: configs compose, recipes run, DDP gathering, sweeps, crash-safe resume, W&B offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import dekr  # noqa: F401  (resolvers)
+from dekr.data.synthetic import generate_synthetic
+from conftest import COCO_SAMPLE, ROOT
+
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(root, num_train=8, num_val=3, image_size=128, seed=1)
+    return root
+
+
+def tiny(root: Path | None, out: Path, run_name: str = "run", epochs: int = 1) -> list[str]:
+    """Overrides that make any config a seconds-long CPU run (on the tiny synthetic set at ``root``)."""
+    synthetic = [f"data.root={root}", "data.synthetic.num_train=8", "data.synthetic.num_val=3",
+                 "data.synthetic.image_size=128", "data.synthetic.seed=1"] if root else []
+    return [
+        *synthetic, "data.input_size=128", "data.batch_size=2",
+        "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
+        "trainer.accelerator=cpu", "trainer.devices=1", f"trainer.max_epochs={epochs}",
+        "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+        f"paths.log_dir={out}", f"run_name={run_name}", "module.test.batch_size=3",
+        "~callbacks.last_checkpoint",
+    ]
+
+
+def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None,
+              ) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture()
+def hydra_conf():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(hydra_conf: None, experiment: str) -> None:
+    cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    OmegaConf.resolve(cfg.model)
+    assert cfg.model.num_keypoints in (14, 17)
+    assert cfg.module.test.input_size == cfg.data.input_size
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("data", DATA)
+def test_every_model_data_pair_composes(hydra_conf: None, model: str, data: str) -> None:
+    cfg = compose("train", overrides=[f"model={model}", f"data={data}", "logger=tensorboard", "trainer=ddp"])
+    resolved = OmegaConf.to_container(cfg.model, resolve=True)
+    assert resolved["num_keypoints"] >= 1
+    assert resolved["adaptive_impl"] in ("grid_sample", "deform")
+
+
+def test_paper_recipes_match_reference(hydra_conf: None) -> None:
+    w32 = compose("train", overrides=["experiment=coco_w32_512"])
+    assert (w32.model.backbone, w32.data.input_size, w32.data.batch_size, w32.trainer.devices) == (
+        "hrnet_w32", 512, 10, 4)
+    assert list(w32.module.scheduler.milestones) == [90, 120] and w32.trainer.max_epochs == 140
+    assert w32.module.optimizer.lr == 1e-3 and w32.module.optimizer.weight_decay == 0.0
+    w48 = compose("train", overrides=["experiment=coco_w48_640"])
+    assert (w48.model.backbone, w48.model.heatmap_channels, w48.data.input_size, w48.data.batch_size) == (
+        "hrnet_w48", 48, 640, 5)
+    cp = compose("train", overrides=["experiment=crowdpose_w32_512"])
+    assert list(cp.module.scheduler.milestones) == [200, 260] and cp.trainer.max_epochs == 300
+    assert cp.decode.nms_min_joints == 7
+    # the user's command: model=dekr_w32 with 8 devices keeps strategy auto (DDP for >1 device)
+    user = compose("train", overrides=["model=dekr_w32", "trainer.devices=8"])
+    assert user.trainer.devices == 8 and user.trainer.strategy == "auto" and user.model.backbone == "hrnet_w32"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["coco_w32_512", "crowdpose_w48_640", "quickstart"])
+def test_fast_dev_run_of_experiments(experiment: str, synthetic_root: Path, tmp_path: Path) -> None:
+    real = not experiment.startswith("quickstart")
+    args = [f"experiment={experiment}", "trainer.fast_dev_run=true", "logger=none", "model.pretrained=false",
+            *tiny(None if real else synthetic_root, tmp_path)]
+    if experiment.startswith("coco"):  # the real COCO sample in the COCO layout
+        args += [f"data.root={COCO_SAMPLE}", "data.train_ann=person_keypoints_sample.json", "data.train_images=.",
+                 "data.val_ann=person_keypoints_sample.json", "data.val_images=."]
+    if experiment.startswith("crowdpose"):
+        sample = COCO_SAMPLE.parent / "crowdpose_sample"
+        args += [f"data.root={sample}", "data.train_ann=crowdpose_sample.json", "data.train_images=.",
+                 "data.val_ann=crowdpose_sample.json", "data.val_images=.", "data.test_ann=crowdpose_sample.json",
+                 "data.test_images=."]
+    run_train(args)
+
+
+@pytest.mark.slow
+def test_offline_wandb_run_has_metrics_and_images(synthetic_root: Path, tmp_path: Path) -> None:
+    proc = run_train(["logger=wandb", *tiny(synthetic_root, tmp_path, "wb")], env={"WANDB_MODE": ""})
+    run_dir = tmp_path / "train" / "wb"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["wandb_dir"] and "W&B run" in proc.stdout
+    wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1, "W&B must fall back to offline mode without credentials"
+    log_file = next(wandb_runs[0].glob("*.wandb"))
+    records = log_file.read_bytes()  # protobuf records: metric names are stored as plain strings
+    for key in (b"train/loss_heatmap", b"train/loss_offset", b"val/AP", b"val/AR", b"lr"):
+        assert key in records, f"{key!r} was not logged to W&B"
+    images = {p.parent.name + "/" + p.name.split("_")[0] for p in (wandb_runs[0] / "files" / "media" / "images")
+              .rglob("*.png")}
+    assert {"val/overlays", "val/heatmaps"} <= images, "validation overlays/heatmaps were not logged as images"
+    assert any((run_dir / "overlays").rglob("val_0.png"))
+
+
+@pytest.mark.slow
+def test_multirun_sweep_and_collector(synthetic_root: Path, tmp_path: Path) -> None:
+    run_train(["-m", "model.num_branches=1,17", "sweep_group=sweep_test", "logger=csv",
+               *[a for a in tiny(synthetic_root, tmp_path) if not a.startswith("run_name")]])
+    sweep_dir = tmp_path / "train" / "multirun" / "sweep_test"
+    from dekr.sweep import collect, format_table
+
+    rows = collect(sweep_dir)
+    assert len(rows) == 2 and {r["model.num_branches"] for r in rows} == {"1", "17"}
+    assert all(r["status"] == "done" and r["best_AP"] is not None for r in rows)
+    assert "model.num_branches" in format_table(rows)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_finishes(synthetic_root: Path, tmp_path: Path) -> None:
+    args = ["logger=csv", *[a for a in tiny(synthetic_root, tmp_path, "crash", epochs=3)
+                            if a != "~callbacks.last_checkpoint"],
+            "callbacks.last_checkpoint.every_n_train_steps=2", "trainer.check_val_every_n_epoch=3"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "train" / "crash" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+            if step >= 2:
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)
+    assert killed_at["global_step"] < 12  # 4 batches x 3 epochs not reached
+    run_train(args)  # same run folder: auto_resume continues from last.ckpt
+    summary = json.loads((tmp_path / "train" / "crash" / "summary.json").read_text())
+    assert summary["global_step"] == 12 and summary["epochs"] == 3
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert final["global_step"] == 12 and "optimizer_states" in final and final["lr_schedulers"]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gather_the_same_ap(synthetic_root: Path, tmp_path: Path) -> None:
+    """AP gathered over 2 gloo ranks equals a single-process evaluation of the same checkpoint."""
+    run_train(["logger=csv", "trainer.strategy=ddp", "trainer.devices=2", "data.synthetic.num_val=3",
+               *[a for a in tiny(synthetic_root, tmp_path, "ddp") if a != "trainer.devices=1"]])
+    run_dir = tmp_path / "train" / "ddp"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ddp_ap = summary["val"]["val/AP"]
+    from pytorch_lightning import Trainer
+
+    from dekr.data import DEKRDataModule
+    from dekr.model import DEKR
+    from dekr.module import DEKRModule
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    net = DEKR(**ckpt["dekr_model"])
+    module = DEKRModule(net, "coco", test={"input_size": 128, "flip": True, "scales": [1.0], "batch_size": 3})
+    module.load_state_dict(ckpt["state_dict"])
+    dm = DEKRDataModule(root=str(synthetic_root), train_ann="annotations/person_keypoints_train.json",
+                        train_images="images/train", val_ann="annotations/person_keypoints_val.json",
+                        val_images="images/val", input_size=128, batch_size=2, num_workers=0)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False)
+    single = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/AP"]
+    assert single == pytest.approx(ddp_ap, abs=1e-9)
+
+
+def test_bad_config_value_fails_clearly(synthetic_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="num_branches must be in"):
+        run_train(["model.num_branches=40", "logger=none", *tiny(synthetic_root, tmp_path)])
