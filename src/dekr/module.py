@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from dekr.inference.decode import DecodeConfig
+from dekr.inference.factory import decode_config
 from dekr.inference.predictor import PoseEstimator, PoseResult
 from dekr.keypoints import KeypointSpec, build_keypoint_spec
 from dekr.losses import DEKRLoss
@@ -85,7 +85,7 @@ class DEKRModule(pl.LightningModule):
                           "base_batch_size": 40, **dict(optimizer or {})}
         self.sched_cfg = {"milestones": [90, 120], "gamma": 0.1, "warmup_steps": 0, **dict(scheduler or {})}
         self.loss_fn = DEKRLoss(**dict(loss or {}))
-        self.decode_cfg = DecodeConfig(**_tuples(dict(decode or {})))
+        self.decode_cfg = decode_config(decode)
         self.test_cfg = {"input_size": 512, "flip": True, "scales": [1.0], "batch_size": 4, **dict(test or {})}
         self.val_annotations = val_annotations
         self.max_dets = max_dets
@@ -218,5 +218,3 @@ def _plain(value: Any) -> Any:
     return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
-def _tuples(cfg: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}

@@ -77,6 +77,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def stored_model_kwargs(path: str | Path) -> dict | None:
+    """DEKR constructor arguments stored in a checkpoint (training runs: ``dekr_model``; converted
+    files: ``model``), or ``None`` for a plain ``state_dict``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable files are reported by read_state_dict
+        return None
+    if not isinstance(payload, Mapping):
+        return None
+    for key in ("dekr_model", "model"):
+        value = payload.get(key)
+        if isinstance(value, Mapping) and "num_keypoints" in value:
+            return {k: v for k, v in value.items() if k != "pretrained"}
+    return None
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load ``path`` into ``model`` strictly, with a clear error on any mismatch."""
     state = read_state_dict(path)
