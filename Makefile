@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := .install.stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test test-fast lint format bench train eval predict export clean
+.PHONY: help install quickstart test test-fast notebooks lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test: install  ## run the whole test suite
 
 test-fast: install  ## the suite without tests marked slow
 	$(PYTHON) -m pytest -q -m "not slow"
+
+notebooks: install  ## execute the notebooks headlessly (as the test suite does)
+	$(PYTHON) -m pytest -q tests/test_notebooks.py
 
 lint: install  ## ruff check
 	$(PYTHON) -m ruff check src tests benchmarks

@@ -206,3 +206,28 @@ def test_ddp_two_processes_gather_the_same_ap(synthetic_root: Path, tmp_path: Pa
 def test_bad_config_value_fails_clearly(synthetic_root: Path, tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="num_branches must be in"):
         run_train(["model.num_branches=40", "logger=none", *tiny(synthetic_root, tmp_path)])
+
+
+@pytest.mark.slow
+def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_path: Path) -> None:
+    """A checkpoint written by train.py loads in eval.py (same AP as the run's last validation) and
+    predict.py, the network being rebuilt from the configuration stored in the checkpoint."""
+    run_train(["logger=none", *tiny(synthetic_root, tmp_path, "ck")])
+    run_dir = tmp_path / "train" / "ck"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    common = [f"checkpoint={ckpt}", "data=synthetic", f"data.root={synthetic_root}", "data.synthetic.num_train=8",
+              "data.synthetic.num_val=3", "data.synthetic.image_size=128", "data.synthetic.seed=1",
+              "data.input_size=128", "model=dekr_w32", f"paths.log_dir={tmp_path}", "run_name=x", "device=cpu"]
+    ev = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"), *common, "flip_test=false", "num_workers=0"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "x" / "metrics.json").read_text())
+    ap = metrics.get("AP", metrics.get("metrics", {}).get("AP"))
+    assert ap == pytest.approx(summary["val"]["val/AP"], abs=1e-9)
+    pr = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), *common,
+                         f"input={synthetic_root / 'images' / 'val'}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert pr.returncode == 0, pr.stderr[-3000:]
+    assert (tmp_path / "predict" / "x" / "predictions.json").is_file()

@@ -72,8 +72,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state = payload.get("state_dict", payload) if isinstance(payload, Mapping) else None
     if not isinstance(state, Mapping):
         raise CheckpointMismatchError(f"{path} holds no state_dict")
-    if any(k.startswith("model.") for k in state):  # Lightning module: keep the network's weights
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    for prefix in ("net.", "model."):  # Lightning checkpoint: keep the network's weights
+        if any(k.startswith(prefix) for k in state) and not any(k.startswith("backbone.") for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            break
     return dict(state)
 
 
