@@ -9,7 +9,12 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from dekr.model import DEKR, GroupedAdaptiveBlock
-from dekr.model.adaptive import adaptive_conv_deform, adaptive_conv_grid_sample, sampling_displacements
+from dekr.model.adaptive import (
+    adaptive_conv_deform,
+    adaptive_conv_grid_sample,
+    sampling_displacements,
+    sampling_grid,
+)
 
 # Parameter counts of the official HRNet/DEKR models built from its COCO configs
 # (w32_4x_reg03_bs10_512..., w48_4x_reg03_bs5_640...), measured with the reference code.
@@ -168,8 +173,8 @@ def test_translation_moves_samples() -> None:
     dy, dx = sampling_displacements(transform, torch.tensor(
         [[-1.0, -1, -1, 0, 0, 0, 1, 1, 1], [-1.0, 0, 1, -1, 0, 1, -1, 0, 1]], dtype=torch.float64), 1)
     shifted = F.conv2d(F.pad(x, (0, 2, 1, 1)), weight)  # out(x) reads x + 1 + gx
-    for kernel in (adaptive_conv_deform, adaptive_conv_grid_sample):
-        torch.testing.assert_close(kernel(x, weight, dy, dx, 1), shifted)
+    torch.testing.assert_close(adaptive_conv_deform(x, weight, dy, dx, 1), shifted)
+    torch.testing.assert_close(adaptive_conv_grid_sample(x, weight, sampling_grid(transform, 1, 1), 1), shifted)
 
 
 class _LoopBranch(nn.Module):

@@ -230,4 +230,20 @@ def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_pa
                          f"input={synthetic_root / 'images' / 'val'}"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert pr.returncode == 0, pr.stderr[-3000:]
-    assert (tmp_path / "predict" / "x" / "predictions.json").is_file()
+    torch_preds = json.loads((tmp_path / "predict" / "x" / "predictions.json").read_text())
+    # the same checkpoint exported to ONNX and run by onnxruntime through predict.py: the same poses
+    ex = subprocess.run([sys.executable, str(ROOT / "src" / "export.py"), f"checkpoint={ckpt}", "data=synthetic",
+                         f"output={tmp_path / 'm.onnx'}", "input_size=128", f"paths.log_dir={tmp_path}",
+                         "run_name=x"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    onnx_args = [a for a in common if not a.startswith(("checkpoint=", "run_name="))]
+    po = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), *onnx_args, "backend=onnx",
+                         f"onnx={tmp_path / 'm.onnx'}", "run_name=o", f"input={synthetic_root / 'images' / 'val'}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert po.returncode == 0, po.stderr[-3000:]
+    onnx_preds = json.loads((tmp_path / "predict" / "o" / "predictions.json").read_text())
+    assert len(onnx_preds) == len(torch_preds) > 0
+    for a, b in zip(sorted(torch_preds, key=lambda p: (p["image_id"], -p["score"])),
+                    sorted(onnx_preds, key=lambda p: (p["image_id"], -p["score"]))):
+        assert a["image_id"] == b["image_id"] and abs(a["score"] - b["score"]) < 1e-4
+        assert max(abs(u - v) for u, v in zip(a["keypoints"], b["keypoints"])) < 1e-2

@@ -111,12 +111,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg, datamodule)
-    if cfg.get("sync_batchnorm"):
-        module.net = __import__("torch").nn.SyncBatchNorm.convert_sync_batchnorm(module.net)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, with_logger=bool(loggers))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
+        sync_batchnorm=bool(cfg.get("sync_batchnorm", False)),
     )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -229,7 +229,8 @@ class CocoKeypointDataset(Dataset):
         return {"image": torch.from_numpy(aug.image), **{k: torch.from_numpy(v) for k, v in targets.items()}}
 
     def eval_sample(self, raw: dict[str, Any]) -> dict[str, Any]:
-        sample: dict[str, Any] = {"image_id": int(raw["image_id"]), "image": raw["image"]}
+        sample: dict[str, Any] = {"image_id": int(raw["image_id"]), "image": raw["image"],
+                                  "keypoints": raw["keypoints"]}  # GT [P, K, 3], for overlays only
         crowd_index = self.coco.imgs[raw["image_id"]].get("crowdIndex")
         if crowd_index is not None:
             sample["crowd_index"] = float(crowd_index)

@@ -41,30 +41,18 @@ def build_estimator(cfg: Any) -> tuple[PoseEstimator, KeypointSpec]:
     ``cfg.input_size``, ``cfg.flip_test``, ``cfg.scales``, ``cfg.batch_size`` and
     ``cfg.rescore.weights``.
     """
-    import hydra
     from omegaconf import OmegaConf
 
     from dekr.rescore import Rescorer
 
     spec = build_keypoint_spec(OmegaConf.to_container(cfg.data.keypoints, resolve=True))
-    model = None
-    if cfg.get("checkpoint"):
-        from dekr.model.checkpoint import load_weights, stored_model_kwargs
-
-        stored = stored_model_kwargs(cfg.checkpoint)
-        if stored and cfg.get("model_from_checkpoint", True):
-            from dekr.model import DEKR
-
-            log.info("building the network from the checkpoint's stored configuration: %s", stored)
-            model = DEKR(**stored)
-        else:
-            model = hydra.utils.instantiate(cfg.model)
-        load_weights(model, cfg.checkpoint)
+    backend = cfg.get("backend", "torch")
+    if backend == "onnx":
+        model, device = _onnx_model(cfg, spec)
+    elif backend == "torch":
+        model, device = _torch_model(cfg)
     else:
-        log.warning("no checkpoint given: the network has untrained weights and its poses are meaningless")
-        model = hydra.utils.instantiate(cfg.model)
-    device = resolve_device(cfg.get("device"))
-    model.to(device)
+        raise ValueError(f"backend must be 'torch' or 'onnx', got '{backend}'")
     rescorer = None
     weights = cfg.get("rescore", {}).get("weights") if cfg.get("rescore") else None
     if weights:
@@ -75,6 +63,47 @@ def build_estimator(cfg: Any) -> tuple[PoseEstimator, KeypointSpec]:
         rescorer=rescorer, device=device, batch_size=int(cfg.batch_size),
     )
     return estimator, spec
+
+
+def _torch_model(cfg: Any) -> tuple[torch.nn.Module, torch.device]:
+    """The PyTorch network from ``cfg.checkpoint`` (rebuilt from its stored configuration when it
+    has one) or ``cfg.model``, with the optional speed paths of ``cfg.speed``."""
+    import hydra
+
+    from dekr.deploy import load_backend
+    from dekr.model.checkpoint import stored_model_kwargs
+
+    checkpoint = cfg.get("checkpoint")
+    stored = stored_model_kwargs(checkpoint) if checkpoint else None
+    if stored and cfg.get("model_from_checkpoint", True):
+        log.info("building the network from the checkpoint's stored configuration: %s", stored)
+        model_cfg: Any = stored
+    else:
+        model_cfg = hydra.utils.instantiate(cfg.model)
+    if not checkpoint:
+        log.warning("no checkpoint given: the network has untrained weights and its poses are meaningless")
+    device = resolve_device(cfg.get("device"))
+    speed = cfg.get("speed") or {}
+    model = load_backend("torch", model=model_cfg, checkpoint=checkpoint, device=device,
+                         channels_last=bool(speed.get("channels_last", False)),
+                         compile=bool(speed.get("compile", False)), precision=str(speed.get("precision", "fp32")))
+    return model, device
+
+
+def _onnx_model(cfg: Any, spec: KeypointSpec) -> tuple[Any, torch.device]:
+    """An exported ``.onnx`` network run by onnxruntime (``cfg.onnx``); weights come from the file."""
+    from dekr.deploy import load_backend
+
+    if not cfg.get("onnx"):
+        raise ValueError("backend=onnx needs onnx=PATH (a file written by `python src/export.py`)")
+    if cfg.get("checkpoint"):
+        raise ValueError("backend=onnx takes its weights from the .onnx file; drop checkpoint=...")
+    model = load_backend("onnx", onnx_path=cfg.onnx, providers=cfg.get("onnx_providers"), threads=cfg.get("threads"))
+    k = getattr(model, "num_keypoints", None)
+    if k not in (None, spec.num_keypoints):
+        raise ValueError(f"{cfg.onnx} predicts {k} keypoints but the data config declares {spec.num_keypoints}; "
+                         "choose the matching data=... config")
+    return model, torch.device("cpu")  # OnnxModel takes and returns CPU tensors; the provider picks the hardware
 
 
 def register_resolvers() -> None:

@@ -15,7 +15,7 @@ every layer is one grouped operation. Two interchangeable kernels compute the sa
   groups (what the reference uses; exportable as ONNX ``DeformConv``).
 * ``"grid_sample"``: every branch's 9 points are sampled bilinearly in one
   :func:`torch.nn.functional.grid_sample` call and contracted with the 3x3 weights in one
-  ``einsum``. Much faster on CPU; the sampled tensor is ``9x`` the feature map and is kept for
+  batched matmul. Much faster on CPU; the sampled tensor is ``9x`` the feature map and is kept for
   backward unless ``checkpoint=True`` recomputes it.
 
 Both treat samples outside the map as zeros and agree to float rounding.
@@ -81,36 +81,60 @@ def adaptive_conv_deform(
     return deform_conv2d(x, offset, weight, padding=dilation, dilation=dilation)
 
 
-def adaptive_conv_grid_sample(
-    x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, dilation: int
-) -> torch.Tensor:
-    """Adaptive convolution as one bilinear ``grid_sample`` plus one ``einsum``.
+def sampling_grid(transform: torch.Tensor, groups: int, dilation: int) -> torch.Tensor:
+    """Normalised ``grid_sample`` coordinates of the 9 taps of every pixel and branch.
 
-    Same arguments and result as :func:`adaptive_conv_deform`.
+    Each coordinate is affine in the regular grid ``(gy, gx)``: per pixel, three coefficient maps
+    for x and three for y (computed at feature-map size) are expanded to the 9 taps by one batched
+    matrix product, which writes the ``[N*G, 9*H, W, 2]`` grid directly (no 9x-sized temporaries).
+
+    Args:
+        transform: ``[N, 6G, H, W]`` (see :func:`sampling_displacements`).
+
+    Returns:
+        ``[N*G, 9*H, W, 2]`` (x, y) for ``align_corners=False``: pixel ``i`` -> ``(2i + 1) / size - 1``.
     """
-    n, g, _, h, w = dy.shape
+    n, _, h, w = transform.shape
+    t = transform.view(n, groups, 6, h, w)
+    ys = torch.arange(h, device=t.device, dtype=t.dtype).view(h, 1)
+    xs = torch.arange(w, device=t.device, dtype=t.dtype).view(1, w)
+    sy, sx = 2.0 / h, 2.0 / w
+    # rows: coefficient of gy, coefficient of gx, constant; last axis (x, y)
+    coef = torch.stack((
+        torch.stack((sx * t[:, :, 2], sy * (t[:, :, 0] + (dilation - 1))), dim=-1),
+        torch.stack((sx * (t[:, :, 3] + (dilation - 1)), sy * t[:, :, 1]), dim=-1),
+        torch.stack((sx * (xs + t[:, :, 5]) + (1.0 / w - 1.0), sy * (ys + t[:, :, 4]) + (1.0 / h - 1.0)), dim=-1),
+    ), dim=2)  # [N, G, 3, H, W, 2]
+    basis = t.new_tensor((_GRID_Y, _GRID_X, (1.0,) * 9)).t()  # [9, 3]
+    grid = torch.matmul(basis, coef.view(n * groups, 3, h * w * 2))  # [N*G, 9, H*W*2]
+    return grid.view(n * groups, 9 * h, w, 2)
+
+
+def adaptive_conv_grid_sample(
+    x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, groups: int
+) -> torch.Tensor:
+    """Adaptive convolution as one bilinear ``grid_sample`` plus one batched matmul.
+
+    Args:
+        x: ``[N, G*C, H, W]``.
+        weight: ``[G*Co, C, 3, 3]``.
+        grid: ``[N*G, 9*H, W, 2]`` from :func:`sampling_grid`.
+        groups: G.
+
+    Returns:
+        ``[N, G*Co, H, W]``, equal to :func:`adaptive_conv_deform` on the same transform.
+    """
+    n, _, h, w = x.shape
+    g = groups
     c = x.shape[1] // g
     co = weight.shape[0] // g
-    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, 1, h, 1)
-    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, 1, w)
-    grid = weight.new_tensor((_GRID_Y, _GRID_X)) * dilation
-    py = ys + grid[0].view(1, 1, 9, 1, 1) + dy
-    px = xs + grid[1].view(1, 1, 9, 1, 1) + dx
-    # Normalised coordinates for align_corners=False: pixel i -> (2i + 1) / size - 1.
-    sample_grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
     sampled = F.grid_sample(
-        x.reshape(n * g, c, h, w),
-        sample_grid.reshape(n * g, 9 * h, w, 2),
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    )
-    sampled = sampled.view(n, g, c, 9, h, w)
-    out = torch.einsum("ngckhw,gock->ngohw", sampled, weight.view(g, co, c, 9))
-    return out.reshape(n, g * co, h, w)
+        x.reshape(n * g, c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # [N*G, C, 9*H, W] = [N, G, C*9, H*W]
+    out = torch.matmul(weight.reshape(1, g, co, c * 9), sampled.view(n, g, c * 9, h * w))
+    return out.view(n, g * co, h, w)
 
 
-_KERNELS = {"deform": adaptive_conv_deform, "grid_sample": adaptive_conv_grid_sample}
 
 
 class GroupedAdaptiveBlock(nn.Module):
@@ -139,7 +163,7 @@ class GroupedAdaptiveBlock(nn.Module):
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if impl not in _KERNELS:
+        if impl not in IMPLS:
             raise ValueError(f"adaptive conv impl must be one of {IMPLS}, got '{impl}'")
         self.groups = groups
         self.channels = channels
@@ -156,12 +180,18 @@ class GroupedAdaptiveBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, G*C, H, W] -> [N, G*C, H, W]``."""
-        dy, dx = sampling_displacements(self.transform(x), self.grid.to(x.dtype), self.groups)
-        kernel = _KERNELS[self.impl]
-        if self.checkpoint and self.training and torch.is_grad_enabled():
-            out = activation_checkpoint(kernel, x, self.weight, dy, dx, self.dilation, use_reentrant=False)
+        transform = self.transform(x)
+        if self.impl == "deform":
+            dy, dx = sampling_displacements(transform, self.grid.to(x.dtype), self.groups)
+            out = adaptive_conv_deform(x, self.weight, dy, dx, self.dilation)
         else:
-            out = kernel(x, self.weight, dy, dx, self.dilation)
+            grid = sampling_grid(transform, self.groups, self.dilation)
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                out = activation_checkpoint(
+                    adaptive_conv_grid_sample, x, self.weight, grid, self.groups, use_reentrant=False
+                )
+            else:
+                out = adaptive_conv_grid_sample(x, self.weight, grid, self.groups)
         return F.relu(self.bn(out) + x)
 
 
