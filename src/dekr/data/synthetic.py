@@ -202,8 +202,14 @@ def _bbox(mask: np.ndarray) -> list[float]:
     return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
-def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """One synthetic image (uint8 RGB ``[size, size, 3]``) and its annotations (no ids yet)."""
+def render_image(
+    seed: int, split: str, index: int, size: int, max_people: int = 6,
+    heights: tuple[float, float] = (30.0, 300.0),
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """One synthetic image (uint8 RGB ``[size, size, 3]``) and its annotations (no ids yet).
+
+    ``max_people`` caps the labelled figures per image (1..6); ``heights`` is the range of figure
+    heights in pixels (log-uniform, capped at ``1.2 * size``)."""
     split_code = {"train": 0, "val": 1, "test": 2}.get(split, 3)
     rng = np.random.default_rng([seed, split_code, index])
     img = _background(rng, size)
@@ -219,9 +225,9 @@ def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
             pelvis = np.array([rng.uniform(x0, x0 + cw), rng.uniform(y0 + h * 0.5, y0 + ch)])
             _draw_figure(img, labels, crowd_label, random_pose(rng, pelvis, h))
 
-    n_people = int(rng.choice([1, 2, 3, 4, 5, 6], p=[0.15, 0.25, 0.25, 0.15, 0.1, 0.1]))
-    max_h = min(300.0, 1.2 * size)
-    heights = np.exp(rng.uniform(np.log(30.0), np.log(max_h), n_people))
+    n_people = min(int(rng.choice([1, 2, 3, 4, 5, 6], p=[0.15, 0.25, 0.25, 0.15, 0.1, 0.1])), max_people)
+    min_h, max_h = float(heights[0]), min(float(heights[1]), 1.2 * size)
+    heights = np.exp(rng.uniform(np.log(min_h), np.log(max(max_h, min_h)), n_people))
     heights.sort()  # bigger (closer) figures are drawn last, in front
     figures = []
     for i, h in enumerate(heights):
@@ -270,25 +276,30 @@ def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     return img, anns
 
 
-def _params(num_train: int, num_val: int, image_size: int, seed: int) -> dict[str, int]:
-    return {
+def _params(num_train: int, num_val: int, image_size: int, seed: int, max_people: int = 6,
+            heights: tuple[float, float] = (30.0, 300.0)) -> dict[str, Any]:
+    params: dict[str, Any] = {
         "version": GENERATOR_VERSION,
         "num_train": int(num_train),
         "num_val": int(num_val),
         "image_size": int(image_size),
         "seed": int(seed),
     }
+    if max_people != 6 or tuple(heights) != (30.0, 300.0):  # non-default layouts (older metas stay valid)
+        params.update({"max_people": int(max_people), "heights": [float(h) for h in heights]})
+    return params
 
 
 def _split_files(root: Path, split: str) -> tuple[Path, Path]:
     return root / "annotations" / f"person_keypoints_{split}.json", root / "images" / split
 
 
-def _iter_split(root: Path, split: str, num: int, size: int, seed: int) -> Iterator[tuple[dict, list[dict]]]:
+def _iter_split(root: Path, split: str, num: int, size: int, seed: int, max_people: int = 6,
+                heights: tuple[float, float] = (30.0, 300.0)) -> Iterator[tuple[dict, list[dict]]]:
     image_dir = _split_files(root, split)[1]
     image_dir.mkdir(parents=True, exist_ok=True)
     for index in range(num):
-        img, anns = render_image(seed, split, index, size)
+        img, anns = render_image(seed, split, index, size, max_people, heights)
         image_id = index + 1
         name = f"{image_id:012d}.jpg"
         cv2.imwrite(str(image_dir / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -301,8 +312,13 @@ def generate_synthetic(
     num_val: int = 200,
     image_size: int = 256,
     seed: int = 0,
+    max_people: int = 6,
+    heights: tuple[float, float] | list[float] = (30.0, 300.0),
 ) -> Path:
     """Write a synthetic COCO-format keypoint dataset under ``root``; idempotent.
+
+    ``max_people`` (1..6) and ``heights`` (figure height range, px) shape the scenes: the quickstart
+    uses fewer, larger people than the default so that a tiny CPU model learns them in minutes.
 
     Layout: ``root/annotations/person_keypoints_{train,val}.json``, ``root/images/{train,val}/``
     and ``root/synthetic_meta.json`` (the parameters). When the meta file matches the arguments
@@ -312,7 +328,11 @@ def generate_synthetic(
         ``root`` as a :class:`~pathlib.Path`.
     """
     root = Path(root)
-    params = _params(num_train, num_val, image_size, seed)
+    if not 1 <= int(max_people) <= 6 or not 0 < float(heights[0]) <= float(heights[1]):
+        raise ValueError(f"synthetic: max_people must be in 1..6 and heights an increasing positive range, "
+                         f"got {max_people}, {list(heights)}")
+    heights = (float(heights[0]), float(heights[1]))
+    params = _params(num_train, num_val, image_size, seed, max_people, heights)
     meta = root / META_FILE
     if meta.is_file() and all(p.exists() for s in ("train", "val") for p in _split_files(root, s)):
         try:
@@ -332,7 +352,7 @@ def generate_synthetic(
     }
     for split, num in (("train", num_train), ("val", num_val)):
         images, annotations = [], []
-        for info, anns in _iter_split(root, split, num, image_size, seed):
+        for info, anns in _iter_split(root, split, num, image_size, seed, max_people, heights):
             images.append(info)
             for ann in anns:
                 annotations.append({**ann, "id": len(annotations) + 1, "image_id": info["id"], "category_id": 1})
