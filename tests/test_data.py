@@ -74,7 +74,8 @@ def test_coco_sample_loads(coco_sample: Path) -> None:
     val = next(iter(dm.val_dataloader()))
     assert isinstance(val, list) and len(val) == 1
     sample = val[0]
-    assert set(sample) == {"image_id", "image"} and sample["image"].dtype == np.uint8
+    assert set(sample) == {"image_id", "image", "keypoints"} and sample["image"].dtype == np.uint8
+    assert sample["keypoints"].shape[1:] == (17, 3)
     assert sample["image"].shape == (425, 640, 3) and sample["image_id"] == 785
 
 

@@ -217,7 +217,8 @@ def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_pa
     summary = json.loads((run_dir / "summary.json").read_text())
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    common = [f"checkpoint={ckpt}", "data=synthetic", f"data.root={synthetic_root}", "data.synthetic.num_train=8",
+    # centre threshold below 0: the briefly trained net's 30 best candidates per image are all output
+    common = [f"checkpoint={ckpt}", "data=synthetic", "decode.center_threshold=-1.0", f"data.root={synthetic_root}", "data.synthetic.num_train=8",
               "data.synthetic.num_val=3", "data.synthetic.image_size=128", "data.synthetic.seed=1",
               "data.input_size=128", "model=dekr_w32", f"paths.log_dir={tmp_path}", "run_name=x", "device=cpu"]
     ev = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"), *common, "flip_test=false", "num_workers=0"],
@@ -243,7 +244,8 @@ def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_pa
     assert po.returncode == 0, po.stderr[-3000:]
     onnx_preds = json.loads((tmp_path / "predict" / "o" / "predictions.json").read_text())
     assert len(onnx_preds) == len(torch_preds) > 0
-    for a, b in zip(sorted(torch_preds, key=lambda p: (p["image_id"], -p["score"])),
-                    sorted(onnx_preds, key=lambda p: (p["image_id"], -p["score"]))):
-        assert a["image_id"] == b["image_id"] and abs(a["score"] - b["score"]) < 1e-4
-        assert max(abs(u - v) for u, v in zip(a["keypoints"], b["keypoints"])) < 1e-2
+    for a in torch_preds:  # each PyTorch pose has an onnxruntime twin (order may differ on near-ties)
+        same_image = [b for b in onnx_preds if b["image_id"] == a["image_id"]]
+        dist = [max(abs(u - v) for u, v in zip(a["keypoints"], b["keypoints"])) for b in same_image]
+        twin = same_image[dist.index(min(dist))]
+        assert min(dist) < 1e-2 and abs(a["score"] - twin["score"]) < 1e-4
