@@ -101,9 +101,9 @@ def test_paper_recipes_match_reference(hydra_conf: None) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["coco_w32_512", "crowdpose_w48_640", "quickstart"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_of_experiments(experiment: str, synthetic_root: Path, tmp_path: Path) -> None:
-    real = not experiment.startswith("quickstart")
+    real = experiment.startswith(("coco", "crowdpose"))
     args = [f"experiment={experiment}", "trainer.fast_dev_run=true", "logger=none", "model.pretrained=false",
             *tiny(None if real else synthetic_root, tmp_path)]
     if experiment.startswith("coco"):  # the real COCO sample in the COCO layout
@@ -218,7 +218,8 @@ def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_pa
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     # centre threshold below 0: the briefly trained net's 30 best candidates per image are all output
-    common = [f"checkpoint={ckpt}", "data=synthetic", "decode.center_threshold=-1.0", f"data.root={synthetic_root}", "data.synthetic.num_train=8",
+    common = [f"checkpoint={ckpt}", "data=synthetic", "decode.center_threshold=-1.0", f"data.root={synthetic_root}",
+              "data.synthetic.num_train=8",
               "data.synthetic.num_val=3", "data.synthetic.image_size=128", "data.synthetic.seed=1",
               "data.input_size=128", "model=dekr_w32", f"paths.log_dir={tmp_path}", "run_name=x", "device=cpu"]
     ev = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"), *common, "flip_test=false", "num_workers=0"],
@@ -249,3 +250,32 @@ def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_pa
         dist = [max(abs(u - v) for u, v in zip(a["keypoints"], b["keypoints"])) for b in same_image]
         twin = same_image[dist.index(min(dist))]
         assert min(dist) < 1e-2 and abs(a["score"] - twin["score"]) < 1e-4
+
+
+def test_non_finite_loss_is_reported_before_the_update() -> None:
+    """A NaN loss stops training with the step and batch named, and the weights stay untouched."""
+    from dekr.model import DEKR
+    from dekr.module import DEKRModule, NonFiniteLossError
+
+    module = DEKRModule(DEKR(num_keypoints=3, backbone="hrnet_tiny"), {"name": "t", "names": ["a", "b", "c"]})
+    before = {k: v.detach().clone() for k, v in module.named_parameters()}
+    batch = {"image": torch.randn(2, 3, 64, 64), "image_id": torch.tensor([7, 9]),
+             "heatmaps": torch.full((2, 4, 16, 16), float("nan")), "heatmap_weights": torch.ones(2, 4, 16, 16),
+             "offsets": torch.zeros(2, 6, 16, 16), "offset_weights": torch.zeros(2, 6, 16, 16)}
+
+    class _Trainer:  # the attributes training_step reads
+        world_size = 1
+        global_step = 0
+        current_epoch = 0
+
+    module._trainer = _Trainer()  # type: ignore[assignment]
+    with pytest.raises(NonFiniteLossError, match=r"global step 0 .*batch 5.*image ids \[7, 9\]"):
+        module.training_step(batch, 5)
+    for key, value in module.named_parameters():  # no optimizer step happened
+        torch.testing.assert_close(value.detach(), before[key], msg=key)
+
+
+def test_non_finite_loss_stops_a_training_run(synthetic_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="non-finite loss at global step 0"):
+        run_train(["logger=none", "module.loss.offset_factor=nan", *tiny(synthetic_root, tmp_path, "nan")])
+    assert not (tmp_path / "train" / "nan" / "checkpoints" / "last.ckpt").exists()
