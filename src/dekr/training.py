@@ -88,7 +88,8 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return None
 
 
-def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None) -> DEKRModule:
+def build_module(cfg: DictConfig) -> DEKRModule:
+    """The LightningModule from ``cfg.model`` (network), ``cfg.data.keypoints``, ``cfg.module`` and ``cfg.decode``."""
     spec = build_keypoint_spec(OmegaConf.to_container(cfg.data.keypoints, resolve=True))
     net = hydra.utils.instantiate(cfg.model)
     m = cfg.module
@@ -110,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, with_logger=bool(loggers))
     trainer: pl.Trainer = hydra.utils.instantiate(
