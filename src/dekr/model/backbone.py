@@ -72,7 +72,7 @@ class HRNetBackbone(nn.Module):
             raise RuntimeError(
                 f"could not load ImageNet weights for '{name}' through timm ({type(err).__name__}: {err}). "
                 "Pretrained weights need network access to the Hugging Face hub or a warm timm cache; "
-                "set model.backbone.pretrained=false to train from scratch, or fine-tune from a "
+                "set model.pretrained=false to train from scratch, or fine-tune from a "
                 "converted DEKR checkpoint (python -m dekr.convert)."
             ) from err
         self.channels: list[int] = list(self.body.feature_info.channels())
