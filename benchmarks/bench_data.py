@@ -27,7 +27,6 @@ import contextlib
 import io
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from timing import median_seconds  # noqa: E402
 
 from dekr.data.coco import CocoKeypointDataset, train_collate  # noqa: E402
 from dekr.data.transforms import TrainTransform, crop_matrix  # noqa: E402
@@ -50,14 +51,7 @@ ANN = COCO_SAMPLE / "person_keypoints_sample.json"
 
 def timeit(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
     """Median wall time of ``fn`` in ms."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, reps, warmup)
 
 
 def sample_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:

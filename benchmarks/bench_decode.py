@@ -14,9 +14,7 @@ import argparse
 import contextlib
 import io
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from timing import median_seconds  # noqa: E402
 
 from dekr.inference.decode import DecodeConfig, ScaleOutput, decode  # noqa: E402
 from dekr.inference.geometry import input_geometry, input_to_original  # noqa: E402
@@ -34,14 +34,7 @@ from dekr.rescore import Rescorer  # noqa: E402
 
 def timeit(fn, reps: int = 20, warmup: int = 3) -> float:
     """Median seconds of ``fn()``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(fn, reps, warmup)
 
 
 def ours(out: dict, batch: int, rescorer: Rescorer, device: torch.device) -> float:

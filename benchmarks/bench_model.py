@@ -17,11 +17,11 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import median_seconds
 
 CONFIGS = {  # name: (backbone, heatmap channels, input size)
     "w18_small": ("hrnet_w18_small", 32, 512),
@@ -32,15 +32,7 @@ ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracle"
 
 
 def _median_time(fn, repeats: int, sync) -> float:
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, warmup=1, sync=sync)
 
 
 def _targets(k: int, size: int, batch: int, device):

@@ -53,6 +53,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from timing import median_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 
@@ -68,16 +70,7 @@ GPU_BACKENDS = ("gpu-eager-fp32", "gpu-eager-bf16-cl", "gpu-compiled-bf16-cl", "
 # --------------------------------------------------------------------------- helpers
 def median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats, warmup, sync)
 
 
 def peak_mib(device: str) -> float:
