@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from timing import median_seconds
+from timing import median_seconds, random_targets
 
 CONFIGS = {  # name: (backbone, heatmap channels, input size)
     "w18_small": ("hrnet_w18_small", 32, 512),
@@ -33,19 +33,6 @@ ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracle"
 
 def _median_time(fn, repeats: int, sync) -> float:
     return median_seconds(fn, repeats, warmup=1, sync=sync)
-
-
-def _targets(k: int, size: int, batch: int, device):
-    import torch
-
-    h = size // 4
-    g = torch.Generator().manual_seed(0)
-    return {
-        "heatmaps": torch.rand(batch, k + 1, h, h, generator=g).to(device),
-        "heatmap_weights": torch.ones(batch, k + 1, h, h).to(device),
-        "offsets": torch.randn(batch, 2 * k, h, h, generator=g).to(device),
-        "offset_weights": (torch.rand(batch, 2 * k, h, h, generator=g) > 0.95).float().to(device),
-    }
 
 
 def run_one(model_name: str, impl: str, size: int | None, repeats: int, checkpoint: bool, threads: int) -> dict:
@@ -72,7 +59,7 @@ def run_one(model_name: str, impl: str, size: int | None, repeats: int, checkpoi
         fwd = _median_time(lambda: model(x1), repeats, sync)
     model.train()
     loss_fn = DEKRLoss()
-    targets = _targets(17, size, 2, device)
+    targets = random_targets(17, size, 2, device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> None:

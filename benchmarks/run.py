@@ -53,7 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from timing import median_seconds
+from timing import median_seconds, random_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -195,14 +195,7 @@ def train_row(config: str, backend: str, size: int, repeats: int, device: str, s
     out: dict[str, Any] = {}
     if "compiled" in backend:
         fn = torch.compile(net)
-    h = size // 4
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "heatmaps": torch.rand(2, 18, h, h, generator=g).to(device),
-        "heatmap_weights": torch.ones(2, 18, h, h).to(device),
-        "offsets": torch.randn(2, 34, h, h, generator=g).to(device),
-        "offset_weights": (torch.rand(2, 34, h, h, generator=g) > 0.95).float().to(device),
-    }
+    batch = random_targets(17, size, 2, device)
     x2 = torch.randn(2, 3, size, size, device=device)
     if cl:
         x2 = x2.contiguous(memory_format=torch.channels_last)

@@ -26,3 +26,21 @@ def median_seconds(
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def random_targets(k: int, size: int, batch: int, device, people: int = 2):
+    """A training batch's targets (random values, the shapes and sparsity of ``people`` people per
+    image) for timing the loss and training step; see ``CONVENTIONS.md``."""
+    import torch
+
+    h = size // 4
+    g = torch.Generator().manual_seed(0)
+    per_image = people * 64  # an 8 x 8 offset window per person
+    pixel = torch.cat([torch.randperm(h * h, generator=g)[:per_image] + i * h * h for i in range(batch)])
+    return {
+        "heatmaps": torch.rand(batch, k + 1, h, h, generator=g).to(device),
+        "heatmap_mask": torch.ones(batch, h, h).to(device),
+        "offset_pixel": pixel.to(device),
+        "offset_target": torch.randn(pixel.numel(), k, 2, generator=g).to(device),
+        "offset_weight": torch.full((pixel.numel(), k), 0.02).to(device),
+    }

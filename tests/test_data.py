@@ -67,9 +67,11 @@ def test_coco_sample_loads(coco_sample: Path) -> None:
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 512, 512) and batch["image"].dtype == torch.float32
-    assert batch["heatmaps"].shape == batch["heatmap_weights"].shape == (2, 18, 128, 128)
-    assert batch["offsets"].shape == batch["offset_weights"].shape == (2, 34, 128, 128)
-    assert batch["heatmaps"].amax() > 0.5 and (batch["offset_weights"] > 0).any()
+    assert batch["heatmaps"].shape == (2, 18, 128, 128) and batch["heatmap_mask"].shape == (2, 128, 128)
+    m = len(batch["offset_pixel"])
+    assert m > 0 and batch["offset_target"].shape == (m, 17, 2) and batch["offset_weight"].shape == (m, 17)
+    assert batch["offset_pixel"].max() < 2 * 128 * 128 and (batch["offset_weight"] > 0).any()
+    assert batch["heatmaps"].amax() > 0.5
     assert abs(float(batch["image"].mean())) < 2.0
     val = next(iter(dm.val_dataloader()))
     assert isinstance(val, list) and len(val) == 1
@@ -83,7 +85,7 @@ def test_crowdpose_sample_loads(crowdpose_sample: Path) -> None:
     dm = crowdpose_module(crowdpose_sample)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["heatmaps"].shape == (2, 15, 128, 128) and batch["offsets"].shape == (2, 28, 128, 128)
+    assert batch["heatmaps"].shape == (2, 15, 128, 128) and batch["offset_target"].shape[1:] == (14, 2)
     dm.setup("test")
     samples = [s for batch in dm.test_dataloader() for s in batch]
     assert len(samples) == 2 and all("crowd_index" in s for s in samples)
@@ -269,8 +271,8 @@ def test_custom_five_keypoint_dataset(tmp_path: Path) -> None:
     assert len(dm.datasets["train"]) == 3 and len(dm.datasets["val"]) == 4  # val keeps the empty image
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 128, 128)
-    assert batch["heatmaps"].shape == (2, 6, 32, 32) and batch["offsets"].shape == (2, 10, 32, 32)
-    assert (batch["heatmap_weights"] == 0).any()  # the unlabelled person is masked
+    assert batch["heatmaps"].shape == (2, 6, 32, 32) and batch["offset_target"].shape[1:] == (5, 2)
+    assert (batch["heatmap_mask"] == 0).any()  # the unlabelled person is masked
     assert len(next(iter(dm.val_dataloader()))) == 1
 
 
@@ -324,13 +326,19 @@ def test_batched_fetch_equals_single_and_avoids_copies(coco_sample: Path) -> Non
 
     single, batched = dataset(), dataset()
     indices = [2, 0, 3]
-    expected = torch.utils.data.default_collate([single[i] for i in indices])
+    one_by_one = [single[i] for i in indices]
+    expected = train_collate(one_by_one)
     samples = batched.__getitems__(indices)
+    for sample, alone in zip(samples, one_by_one):  # batched encoding = encoding one by one
+        for key in ("offset_pixel", "offset_target", "offset_weight"):
+            torch.testing.assert_close(sample[key], alone[key], rtol=0, atol=0)
     batch = train_collate(samples)
     assert batch.keys() == expected.keys()
+    assert batch["offset_pixel"].max() >= 64 * 64  # batch-wide pixel index
     for key, value in batch.items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
-        assert value.untyped_storage().data_ptr() == samples[0][key].untyped_storage().data_ptr()  # no copy
+        if key in ("image", "heatmaps", "heatmap_mask"):  # dense entries: the batch buffer, no copy
+            assert value.untyped_storage().data_ptr() == samples[0][key].untyped_storage().data_ptr()
     # anything else is stacked as usual
     mixed = train_collate([single[0], single[1]])
     assert mixed["heatmaps"].shape == (2, 18, 64, 64)

@@ -128,15 +128,54 @@ def test_decode_recovers_ground_truth() -> None:
 def test_batch_equals_single_and_custom_k() -> None:
     rng = np.random.default_rng(2)
     enc = TargetEncoder(FIVE, (40, 48), window="symmetric", area_mode="box")
-    people = [random_people(rng, n, 5, 40) for n in (0, 3, 6)]
+    people = [random_people(rng, n, 5, 40) for n in (0, 3, 6, 12)]
     prepared = [enc.centers_and_areas(p) for p in people]
     batch = enc.encode_batch(people, [c for c, _ in prepared], [a for _, a in prepared])
-    assert batch["heatmaps"].shape == (3, 6, 40, 48) and batch["offsets"].shape == (3, 10, 40, 48)
+    assert batch["heatmaps"].shape == (4, 6, 40, 48)
+    assert batch["offset_counts"].sum() == len(batch["offset_pixel"]) and batch["offset_counts"][0] == 0
+    assert (np.diff(batch["offset_pixel"]) > 0).all()  # ascending: grouped by image
+    dense = enc.densify(batch)
+    assert dense["offsets"].shape == (4, 10, 40, 48)
     for i, p in enumerate(people):
         single = enc(p, *prepared[i])
         for key, value in single.items():
-            np.testing.assert_array_equal(batch[key][i], value)
-    assert not batch["heatmaps"][0].any() and (batch["heatmap_weights"][0] == np.float32(0.1)).all()
+            np.testing.assert_array_equal(dense[key][i], value, err_msg=key)
+    assert not dense["heatmaps"][0].any() and (dense["heatmap_weights"][0] == np.float32(0.1)).all()
+
+
+def naive_heatmaps(points: np.ndarray, size: int, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window loops in float64, as the reference draws: (heatmaps, window mask)."""
+    heat = np.zeros((points.shape[1], size, size))
+    window = np.zeros(heat.shape, dtype=bool)
+    for person in points:
+        for c, (x, y, v) in enumerate(person):
+            if v <= 0 or not (0 <= x < size and 0 <= y < size):
+                continue
+            s = sigmas[c]
+            x0, y0 = max(0, int(np.floor(x - 3 * s - 1))), max(0, int(np.floor(y - 3 * s - 1)))
+            x1, y1 = min(size, int(np.ceil(x + 3 * s + 2))), min(size, int(np.ceil(y + 3 * s + 2)))
+            ys, xs = np.mgrid[y0:y1, x0:x1]
+            g = np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * s * s))
+            heat[c, y0:y1, x0:x1] = np.maximum(heat[c, y0:y1, x0:x1], g)
+            window[c, y0:y1, x0:x1] = True
+    return heat, window
+
+
+@pytest.mark.parametrize("people", [1, 4, 25])
+def test_heatmaps_equal_direct_drawing_to_rounding(people: int) -> None:
+    """Separable drawing (matrix product + max-merge of meeting windows) gives the directly drawn
+    Gaussians to float32 rounding, and the weights rebuilt from them mark exactly the windows."""
+    rng = np.random.default_rng(people)
+    size = 48
+    kp = random_people(rng, people, COCO.num_keypoints, size)
+    kp[0, 0, :2] = [0.3, size - 0.6]  # windows crossing the border
+    enc = TargetEncoder(COCO, size)
+    centers, areas = enc.centers_and_areas(kp)
+    out = enc(kp, centers, areas)
+    sigmas = np.r_[np.full(17, 2.0), 4.0]
+    heat, window = naive_heatmaps(np.concatenate([kp, centers[:, None]], 1), size, sigmas)
+    np.testing.assert_allclose(out["heatmaps"], heat.astype(np.float32), rtol=3e-7, atol=0)
+    np.testing.assert_array_equal(out["heatmap_weights"], np.where(window, 1.0, 0.1).astype(np.float32))
 
 
 def test_window_modes() -> None:

@@ -260,8 +260,9 @@ def test_non_finite_loss_is_reported_before_the_update() -> None:
     module = DEKRModule(DEKR(num_keypoints=3, backbone="hrnet_tiny"), {"name": "t", "names": ["a", "b", "c"]})
     before = {k: v.detach().clone() for k, v in module.named_parameters()}
     batch = {"image": torch.randn(2, 3, 64, 64), "image_id": torch.tensor([7, 9]),
-             "heatmaps": torch.full((2, 4, 16, 16), float("nan")), "heatmap_weights": torch.ones(2, 4, 16, 16),
-             "offsets": torch.zeros(2, 6, 16, 16), "offset_weights": torch.zeros(2, 6, 16, 16)}
+             "heatmaps": torch.full((2, 4, 16, 16), float("nan")), "heatmap_mask": torch.ones(2, 16, 16),
+             "offset_pixel": torch.zeros(0, dtype=torch.long), "offset_target": torch.zeros(0, 3, 2),
+             "offset_weight": torch.zeros(0, 3)}
 
     class _Trainer:  # the attributes training_step reads
         world_size = 1

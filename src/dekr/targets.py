@@ -3,8 +3,8 @@
 Frames and shapes
 -----------------
 All coordinates handled by :class:`TargetEncoder` are **output pixels** (stride 4: output pixel
-``j`` is input pixel ``4j``). For ``K`` keypoints and an ``h x w`` output map it produces
-(``float32``):
+``j`` is input pixel ``4j``). For ``K`` keypoints and an ``h x w`` output map the reference's
+targets are four dense ``float32`` arrays:
 
 * ``heatmaps [K+1, h, w]``: unnormalised ``exp(-d^2 / 2 sigma^2)`` per visible keypoint
   (``sigma``) and per person centre (channel ``K``, ``spec.center_sigma``), merged with max;
@@ -14,9 +14,20 @@ All coordinates handled by :class:`TargetEncoder` are **output pixels** (stride 
   of a small window around each person's centre;
 * ``offset_weights [2K, h, w]``: ``1 / sqrt(area)`` where an offset is set, 0 elsewhere.
 
-:func:`person_centers_and_areas` computes centres and "areas" in **original image pixels**,
-before augmentation, as the reference's ``get_joints`` does; the augmentation then maps centres
-with the keypoints and multiplies areas by the squared zoom (see :mod:`dekr.data.transforms`).
+Only the heatmaps are worth storing densely. :meth:`TargetEncoder.encode` (what the data loader
+runs) returns the **compact targets** that hold the same information:
+
+* ``heatmaps [K+1, h, w]`` as above;
+* ``offset_index [M]`` int64, ``k * h * w + y * w + x`` for every (pixel, keypoint) that has an
+  offset, ``offset_target [M, 2]`` float32 ``(dx, dy)`` and ``offset_weight [M]`` float32.
+
+The heatmap weights follow from the heatmaps and the loss mask: a pixel lies in a Gaussian window
+exactly when its heatmap value is positive (the smallest value drawn in a window,
+``exp(-(3 + 2 / sigma)^2)``, is a positive float32 for ``sigma >= 0.5``, which the encoder
+enforces), so ``weight = mask * where(heatmap > 0, 1, bg_weight)``
+(:func:`heatmap_weights`; the loss computes it on the training device). :meth:`TargetEncoder.densify`
+(and calling the encoder) rebuilds the four dense arrays; they are what the tests compare with
+the reference.
 
 Reproduced from the reference (HRNet/DEKR), value for value on the same joints
 ---------------------------------------------------------------------------------
@@ -81,6 +92,9 @@ WindowMode = Literal["reference", "symmetric"]
 #: people whose COCO annotation area is below this get no centre (reference: 32 x 32).
 COCO_MIN_CENTER_AREA = 32.0**2
 
+#: smallest heatmap sigma (output px) whose Gaussian stays positive in float32 over its whole window.
+MIN_SIGMA = 0.5
+
 
 def person_centers_and_areas(
     keypoints: np.ndarray,
@@ -142,10 +156,11 @@ class TargetEncoder:
     Args:
         spec: keypoint layout (``K`` and the centre sigma).
         output_size: ``int`` (square) or ``(h, w)`` of the output map.
-        sigma: Gaussian sigma of the keypoint heatmaps (output px).
+        sigma: Gaussian sigma of the keypoint heatmaps (output px, at least 0.5).
         center_sigma: sigma of the centre heatmap; ``None`` takes ``spec.center_sigma``.
         radius: offset window half-size ``r`` (output px).
-        bg_weight: heatmap loss weight outside every Gaussian window.
+        bg_weight: heatmap loss weight outside every Gaussian window (used by :meth:`densify`; the
+            training loss takes the same value from the config).
         window: ``"reference"`` (``[int(c)-r, int(c)+r)``) or ``"symmetric"``.
         area_mode, min_center_area, fix_zero_keypoint_center: used by :meth:`centers_and_areas`.
     """
@@ -171,6 +186,13 @@ class TargetEncoder:
             raise ValueError(f"window must be 'reference' or 'symmetric', got {self.window!r}")
         if self.area_mode not in ("reference", "box"):
             raise ValueError(f"area_mode must be 'reference' or 'box', got {self.area_mode!r}")
+        if min(self.sigma, self.center_sigma) < MIN_SIGMA:
+            raise ValueError(
+                f"heatmap sigmas must be at least {MIN_SIGMA} output px (got sigma={self.sigma}, "
+                f"center_sigma={self.center_sigma}): smaller Gaussians underflow float32 inside their window"
+            )
+        if self.radius < 1:
+            raise ValueError(f"radius must be a positive number of output pixels, got {self.radius}")
 
     @property
     def num_keypoints(self) -> int:
@@ -189,6 +211,112 @@ class TargetEncoder:
             fix_zero_keypoint_center=self.fix_zero_keypoint_center,
         )
 
+    # ------------------------------------------------------------------ public API
+    def encode(
+        self,
+        keypoints: np.ndarray,
+        centers: np.ndarray,
+        areas: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Compact targets of one image (see the module docstring).
+
+        Args:
+            keypoints: ``[P, K, 3]`` ``(x, y, v)`` in output pixels (any float dtype).
+            centers: ``[P, 3]`` ``(x, y, v)`` in output pixels; ``v >= 1`` marks a centre.
+            areas: ``[P]`` per-person areas (input px squared, as the reference after augmentation).
+
+        Returns:
+            ``heatmaps [K+1, h, w]``, and for the ``M`` pixels that have offsets: ``offset_pixel [M]``
+            int64 ``y * w + x`` (ascending), ``offset_target [M, K, 2]`` and ``offset_weight [M, K]``
+            (0 where that keypoint has no offset there), all float32.
+        """
+        out = self.encode_batch([keypoints], [centers], [areas])
+        del out["offset_counts"]
+        out["heatmaps"] = out["heatmaps"][0]
+        return out
+
+    def encode_batch(
+        self,
+        keypoints: Sequence[np.ndarray],
+        centers: Sequence[np.ndarray],
+        areas: Sequence[np.ndarray],
+        heatmaps_out: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Compact targets of ``B`` images in one vectorized pass (what the data loader runs per batch;
+        the per-call cost is shared by the batch).
+
+        Args:
+            keypoints, centers, areas: one entry per image, as in :meth:`encode`.
+            heatmaps_out: optional C-contiguous float32 ``[B, K+1, h, w]`` array to draw into (e.g. a
+                shared-memory batch; its content is overwritten); saves an allocation and a copy.
+
+        Returns:
+            ``heatmaps [B, K+1, h, w]``; ``offset_pixel [M]`` int64 ``(b * h + y) * w + x``
+            (ascending), ``offset_target [M, K, 2]``, ``offset_weight [M, K]`` as in :meth:`encode`;
+            and ``offset_counts [B]``, each image's number of pixels with offsets.
+        """
+        k = self.num_keypoints
+        b = len(keypoints)
+        if not len(centers) == len(areas) == b:
+            raise ValueError("encode_batch: keypoints, centers and areas need one entry per image")
+        counts = np.array([len(kp) for kp in keypoints], dtype=np.int64)
+        kpts = np.concatenate([np.asarray(kp, dtype=np.float64).reshape(-1, k, 3) for kp in keypoints])
+        ctrs = np.concatenate([np.asarray(c, dtype=np.float64).reshape(-1, 3) for c in centers])
+        area = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in areas])
+        if [len(c) for c in centers] != counts.tolist() or [np.size(a) for a in areas] != counts.tolist():
+            raise ValueError(
+                f"keypoints ({len(kpts)}), centers ({len(ctrs)}) and areas ({len(area)}) must list the same people"
+            )
+        image = np.repeat(np.arange(b), counts)
+        heat = self._heatmap_buffer(b, heatmaps_out)
+        self._draw_heatmaps(np.concatenate([kpts, ctrs[:, None]], axis=1), image, counts, heat)
+        pixel, target, weight = self._offsets(kpts, ctrs, np.maximum(area, 1e-6), image)
+        h, w = self.output_size
+        return {
+            "heatmaps": heat,
+            "offset_pixel": pixel,
+            "offset_target": target,
+            "offset_weight": weight,
+            "offset_counts": np.bincount(pixel // (h * w), minlength=b),
+        }
+
+    def densify(self, compact: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The reference's four dense arrays from compact targets (module docstring).
+
+        Args:
+            compact: :meth:`encode` output (one image) or :meth:`encode_batch` output (leading ``B``).
+            mask: ``[h, w]`` (or ``[B, h, w]``) loss mask, 1 = use, 0 = ignore; ``None``: all ones.
+
+        Returns:
+            ``heatmaps``/``heatmap_weights [(B,) K+1, h, w]`` and ``offsets``/``offset_weights
+            [(B,) 2K, h, w]``, float32.
+        """
+        k = self.num_keypoints
+        h, w = self.output_size
+        heat = compact["heatmaps"]
+        lead = heat.shape[:-3]
+        if mask is None:
+            mask = np.ones((*lead, h, w), np.float32)
+        mask = np.asarray(mask, dtype=np.float32)
+        if mask.shape != (*lead, h, w):
+            raise ValueError(f"mask has shape {mask.shape}, expected {(*lead, h, w)} (the output size)")
+        n = int(np.prod(lead, dtype=np.int64))
+        pixel = compact["offset_pixel"]
+        offsets = np.zeros((n * h * w, k, 2), np.float32)
+        weights = np.zeros((n * h * w, k, 2), np.float32)
+        offsets[pixel] = compact["offset_target"]
+        weights[pixel] = compact["offset_weight"][..., None]
+
+        def channels_first(a: np.ndarray) -> np.ndarray:  # [n*h*w, K, 2] -> [(B,) 2K, h, w]
+            return np.ascontiguousarray(a.reshape(n, h * w, 2 * k).transpose(0, 2, 1)).reshape(*lead, 2 * k, h, w)
+
+        return {
+            "heatmaps": heat,
+            "heatmap_weights": heatmap_weights(heat, mask, self.bg_weight),
+            "offsets": channels_first(offsets),
+            "offset_weights": channels_first(weights),
+        }
+
     def __call__(
         self,
         keypoints: np.ndarray,
@@ -196,149 +324,139 @@ class TargetEncoder:
         areas: np.ndarray,
         mask: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Build the targets of one image.
-
-        Args:
-            keypoints: ``[P, K, 3]`` ``(x, y, v)`` in output pixels (any float dtype).
-            centers: ``[P, 3]`` ``(x, y, v)`` in output pixels; ``v >= 1`` marks a centre.
-            areas: ``[P]`` per-person areas (input px squared, as the reference after augmentation).
-            mask: ``[h, w]`` loss mask, 1 where the heatmap loss applies and 0 in ignored regions;
-                ``None`` means all ones.
+        """Dense targets of one image: :meth:`densify` of :meth:`encode` (arguments as there).
 
         Returns:
             dict of float32 arrays ``heatmaps``/``heatmap_weights [K+1, h, w]`` and
             ``offsets``/``offset_weights [2K, h, w]``.
         """
-        out = self.encode_batch([keypoints], [centers], [areas], None if mask is None else [mask])
-        return {key: value[0] for key, value in out.items()}
-
-    def encode_batch(
-        self,
-        keypoints: Sequence[np.ndarray],
-        centers: Sequence[np.ndarray],
-        areas: Sequence[np.ndarray],
-        masks: Sequence[np.ndarray] | np.ndarray | None = None,
-        out: dict[str, np.ndarray] | None = None,
-        out_is_zero: bool = False,
-    ) -> dict[str, np.ndarray]:
-        """Build the targets of ``B`` images in one vectorized pass (the arguments of
-        :meth:`__call__`, one entry per image); returns the same keys with a leading batch axis
-        ``[B, ...]``. It is not faster per image than :meth:`__call__` (the cost is mostly writing
-        the dense outputs) but can write straight into a batch buffer.
-
-        Args:
-            out: optional C-contiguous float32 arrays to fill (same keys and shapes as returned),
-                e.g. numpy views of a shared-memory batch; saves an allocation and a copy.
-            out_is_zero: promise that ``out`` heatmaps, offsets and offset weights are already
-                zero (fresh shared memory is), which skips clearing them.
-        """
-        k = self.num_keypoints
-        h, w = self.output_size
-        b = len(keypoints)
-        if not len(centers) == len(areas) == b or (masks is not None and len(masks) != b):
-            raise ValueError("encode_batch: keypoints, centers, areas (and masks) need one entry per image")
-        counts = [len(kp) for kp in keypoints]
-        kpts = np.concatenate([np.asarray(kp, dtype=np.float64).reshape(-1, k, 3) for kp in keypoints])
-        ctrs = np.concatenate([np.asarray(c, dtype=np.float64).reshape(-1, 3) for c in centers])
-        area = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in areas])
-        if not len(kpts) == len(ctrs) == len(area):
-            raise ValueError(
-                f"keypoints ({len(kpts)}), centers ({len(ctrs)}) and areas ({len(area)}) must list the same people"
-            )
-        area = np.maximum(area, 1e-6)
-        image = np.repeat(np.arange(b), counts)
-        if masks is not None:
-            masks = np.asarray(masks, dtype=np.float32)
-            if masks.shape != (b, h, w):
-                raise ValueError(f"masks have shape {masks.shape}, expected {(b, h, w)} (the output size)")
-        buffers = self._buffers(b, out, out_is_zero)
-        heatmaps, hm_weights = self._heatmaps(
-            np.concatenate([kpts, ctrs[:, None]], axis=1),
-            image,
-            masks,
-            buffers["heatmaps"],
-            buffers["heatmap_weights"],
-        )
-        offsets, off_weights = self._offsets(kpts, ctrs, area, image, buffers["offsets"], buffers["offset_weights"])
-        return {
-            "heatmaps": heatmaps,
-            "heatmap_weights": hm_weights,
-            "offsets": offsets,
-            "offset_weights": off_weights,
-        }
-
-    def _buffers(self, b: int, out: dict[str, np.ndarray] | None, zero: bool) -> dict[str, np.ndarray]:
-        """Output arrays ``[B, C, h, w]``: fresh zeros, or the caller's (checked, cleared)."""
-        k = self.num_keypoints
-        h, w = self.output_size
-        shapes = {
-            "heatmaps": (b, k + 1, h, w),
-            "heatmap_weights": (b, k + 1, h, w),
-            "offsets": (b, 2 * k, h, w),
-            "offset_weights": (b, 2 * k, h, w),
-        }
-        if out is None:
-            # separate allocations: one large block would be backed by transparent huge pages, whose
-            # allocation stalls badly (~10 ms) when many results are alive, as in a loader
-            return {
-                key: (np.empty if key == "heatmap_weights" else np.zeros)(shape, np.float32)
-                for key, shape in shapes.items()
-            }
-        for key, shape in shapes.items():
-            arr = out[key]
-            if arr.shape != shape or arr.dtype != np.float32 or not arr.flags.c_contiguous:
-                raise ValueError(f"out[{key!r}] must be a C-contiguous float32 array of shape {shape}")
-            if not zero and key != "heatmap_weights":
-                arr.fill(0.0)
-        return dict(out)
+        if mask is not None and np.shape(mask) != self.output_size:
+            raise ValueError(f"mask has shape {np.shape(mask)}, expected {self.output_size} (the output size)")
+        return self.densify(self.encode(keypoints, centers, areas), mask)
 
     # ------------------------------------------------------------------ heatmaps
-    def _heatmaps(
-        self, points: np.ndarray, image: np.ndarray, masks: np.ndarray | None, heat: np.ndarray, weights: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``points [P, K+1, 3]`` of images ``image [P]`` into zeroed ``heat`` and fill ``weights``
-        (both ``[B, K+1, h, w]``)."""
-        b, k1, h, w = heat.shape
-        heat_4d, weights_4d = heat, weights
-        heat = heat.reshape(-1)
-        xy, v = points[..., :2], points[..., 2]
-        drawn = (v > 0) & (xy >= 0).all(-1) & (xy < (w, h)).all(-1)  # [P, K+1]
-        windows = []
-        for sigma, part in ((self.sigma, slice(0, k1 - 1)), (self.center_sigma, slice(k1 - 1, k1))):
-            sel = drawn[:, part]
-            if sel.any():
-                person, joint = np.nonzero(sel)
-                channel = image[person] * k1 + joint + part.start
-                windows.append(self._splat(heat, xy[:, part][sel], channel, float(sigma)))
-        flat = np.concatenate(windows) if windows else np.zeros(0, dtype=np.int64)
-        weights = weights.reshape(b, k1, h * w)
-        if masks is None:
-            weights.fill(self.bg_weight)
-            weights.reshape(-1)[flat] = 1.0
-        else:
-            m = masks.reshape(b, 1, h * w)
-            np.multiply(m, np.float32(self.bg_weight), out=weights)
-            weights.reshape(-1)[flat] = m.reshape(-1)[(flat // (k1 * h * w)) * (h * w) + flat % (h * w)]
-        return heat_4d, weights_4d
+    def _heatmap_buffer(self, b: int, out: np.ndarray | None) -> np.ndarray:
+        shape = (b, self.num_keypoints + 1, *self.output_size)
+        if out is None:
+            return np.empty(shape, np.float32)  # every value is written
+        if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"heatmaps_out must be a C-contiguous float32 array of shape {shape}")
+        return out
 
-    def _splat(self, heat: np.ndarray, xy: np.ndarray, channel: np.ndarray, sigma: float) -> np.ndarray:
-        """Max-merge one Gaussian patch per point ``xy [N, 2]`` into the flat ``heat`` at ``channel [N]``.
+    def _draw_heatmaps(self, points: np.ndarray, image: np.ndarray, counts: np.ndarray, heat: np.ndarray) -> None:
+        """Draw ``points [P, K+1, 3]`` (row ``K`` = centre) of images ``image [P]`` into ``heat
+        [B, K+1, h, w]``, overwriting every value.
 
-        Returns the flat indices of the (clipped) windows, for the loss weights.
+        A Gaussian is separable inside its window, ``g(x, y) = gx(x) * gy(y)`` (both factors rounded
+        to float32, so values agree with the reference's float32 ones to rounding). The windows
+        that touch no other window of their channel form one batched matrix product,
+        ``sum_i gy_i gx_i^T`` per channel (exactly one non-zero term per pixel), written straight into
+        ``heat``; windows that meet another one of their channel are max-merged on top, patch by patch.
         """
+        b, k1, h, w = heat.shape
+        xy = np.ascontiguousarray(points[..., :2])
+        v = points[..., 2]
+        drawn = (v > 0) & (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] < w) & (xy[..., 1] < h)
+        sigma = np.full(k1, float(self.sigma))
+        sigma[-1] = float(self.center_sigma)
+        reach = 3 * sigma[:, None]
+        lo = np.floor(xy - (reach + 1))  # window [lo, hi) per axis, [P, K+1, 2]
+        hi = np.ceil(xy + (reach + 2))
+        crowded = self._meeting_windows(lo, hi, drawn, image, counts)
+        alone, together = [], []  # (grid, values, plane) per sigma: keypoints, centres
+        for part in (slice(0, k1 - 1), slice(k1 - 1, k1)):
+            person, channel = np.nonzero(drawn[:, part])
+            if not person.size:
+                continue
+            channel += part.start
+            grid, values = self._factors(xy[person, channel], lo[person, channel], hi[person, channel], sigma[part][0])
+            plane = image[person] * k1 + channel
+            if crowded is None:
+                alone.append((grid, values, plane))
+                continue
+            sel = crowded[person, channel]
+            alone.append((grid[~sel], values[~sel], plane[~sel]))
+            together.append((grid[sel], values[sel], plane[sel]))
+        if any(plane.size for *_, plane in alone):
+            self._draw_alone(heat, alone)
+        else:
+            heat.fill(0.0)
+        for grid, values, plane in together:
+            if plane.size:
+                self._splat(heat.reshape(-1), grid, values, plane)
+
+    @staticmethod
+    def _meeting_windows(
+        lo: np.ndarray, hi: np.ndarray, drawn: np.ndarray, image: np.ndarray, counts: np.ndarray
+    ) -> np.ndarray | None:
+        """``[P, K+1]``: drawn windows that intersect another window of the same channel and image
+        (``None`` when no image has two people)."""
+        most = int(counts.max(initial=0))
+        if most < 2:
+            return None
+        rank = _rank_in_runs(image)
+        meets = None
+        for axis in (0, 1):  # windows meet when their x ranges and their y ranges intersect
+            start = np.full((len(counts), most, lo.shape[1]), np.inf)  # padding and undrawn never meet
+            stop = np.full_like(start, -np.inf)
+            start[image, rank] = np.where(drawn, lo[..., axis], np.inf)
+            stop[image, rank] = np.where(drawn, hi[..., axis], -np.inf)
+            both = (start[:, :, None] < stop[:, None]) & (start[:, None] < stop[:, :, None])  # [B, P', P', K+1]
+            meets = both if meets is None else meets & both
+        meets[:, np.arange(most), np.arange(most)] = False
+        return meets.any(2)[image, rank]
+
+    def _factors(
+        self, xy: np.ndarray, lo: np.ndarray, hi: np.ndarray, sigma: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """1-D Gaussian factors of ``n`` windows: pixel positions ``grid [n, 2, L]`` (int64, from
+        ``lo``) and float32 ``values [n, 2, L]``, zero outside ``[lo, hi)`` and outside the map."""
         h, w = self.output_size
-        size = int(np.ceil(6 * sigma + 3)) + 1  # longest possible window
-        lo = np.floor(xy - (3 * sigma + 1)).astype(np.int64)  # [N, 2]
-        hi = np.minimum(np.ceil(xy + (3 * sigma + 2)).astype(np.int64), (w, h))
-        grid = lo[:, :, None] + np.arange(size)  # [N, 2, L]
-        ok = (grid >= 0) & (grid < hi[:, :, None])
-        d2 = (grid - xy[:, :, None]) ** 2
-        gauss = np.exp(-(d2[:, 0, None, :] + d2[:, 1, :, None]) / (2 * sigma**2))  # [N, Ly, Lx]
-        ok = ok[:, 1, :, None] & ok[:, 0, None, :]
-        flat = (channel[:, None, None] * h + grid[:, 1, :, None]) * w + grid[:, 0, None, :]
-        flat = flat[ok]
-        np.maximum.at(heat, flat, gauss[ok].astype(np.float32))
-        return flat
+        span = int(np.ceil(6 * sigma + 3)) + 1  # longest possible window
+        grid = lo[:, :, None] + np.arange(span)
+        d = grid - xy[:, :, None]
+        values = np.exp(d * d / (-2 * sigma * sigma))
+        limit = np.minimum(hi, (w, h))
+        values[(grid >= limit[:, :, None]) | (grid < 0)] = 0.0
+        return grid.astype(np.int64), values.astype(np.float32)
+
+    def _draw_alone(self, heat: np.ndarray, windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Write windows ``(grid, values, plane)`` (:meth:`_factors`; ``plane = b * (K+1) + channel``) that
+        meet no other window of their plane as one batched matrix product of their factors,
+        overwriting all of ``heat``."""
+        b, k1, h, w = heat.shape
+        plane = np.concatenate([p for *_, p in windows])
+        # column of each window in its plane's factor matrices: its rank among the plane's windows
+        order = np.argsort(plane, kind="stable")
+        rank = np.empty_like(plane)
+        rank[order] = _rank_in_runs(plane[order])
+        cols = max(int(rank.max()) + 1, 2)  # a product over one column takes a slow path
+        # factor rows padded by the longest window on both sides: windows crossing the border need
+        # no clipping (their values outside the map are zero)
+        pad = max(grid.shape[-1] for grid, *_ in windows)
+        size = max(h, w) + 2 * pad
+        rows = np.zeros((2, b * k1, cols, size), np.float32)
+        flat = rows.reshape(-1)
+        start = ((np.arange(2) * (b * k1) + plane[:, None]) * cols + rank[:, None]) * size + pad
+        first = 0
+        for grid, values, part in windows:
+            n = part.size
+            flat[(start[first : first + n, :, None] + grid).reshape(-1)] = values.reshape(-1)
+            first += n
+        gx = rows[0, :, :, pad : pad + w]  # [B(K+1), cols, w]
+        gy = rows[1, :, :, pad : pad + h].transpose(0, 2, 1)  # [B(K+1), h, cols]
+        np.matmul(gy, gx, out=heat.reshape(b * k1, h, w))
+
+    def _splat(self, heat: np.ndarray, grid: np.ndarray, values: np.ndarray, plane: np.ndarray) -> None:
+        """Max-merge the windows ``(grid, values)`` of :meth:`_factors` into the flat ``heat`` at
+        ``plane [n]``. Positions outside the map carry the value 0 and are clamped onto the border,
+        where a max with 0 changes nothing (heatmaps are non-negative)."""
+        h, w = self.output_size
+        x = np.clip(grid[:, 0], 0, w - 1)
+        y = np.clip(grid[:, 1], 0, h - 1)
+        index = ((plane[:, None] * h + y) * w)[:, :, None] + x[:, None, :]  # [n, L, L]
+        patch = values[:, 1, :, None] * values[:, 0, None, :]
+        np.maximum.at(heat, index.reshape(-1), patch.reshape(-1))
 
     # ------------------------------------------------------------------ offsets
     def _window_pairs(self, ctrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -351,89 +469,123 @@ class TargetEncoder:
         else:
             cxy = np.floor(ctrs[:, :2] + 0.5).astype(np.int64)
             steps = np.arange(-r, r + 1)
-        ok = (ctrs[:, 2] >= 1) & (cxy >= 0).all(1) & (cxy < (w, h)).all(1)
+        ok = (ctrs[:, 2] >= 1) & (cxy[:, 0] >= 0) & (cxy[:, 1] >= 0) & (cxy[:, 0] < w) & (cxy[:, 1] < h)
         people = np.flatnonzero(ok)
-        grid = cxy[people, :, None] + steps  # [n, 2, L]
-        inside = (grid >= 0) & (grid < np.array([w, h])[:, None])
-        valid = inside[:, 1, :, None] & inside[:, 0, None, :]
-        flat = grid[:, 1, :, None] * w + grid[:, 0, None, :]
-        valid = valid.reshape(-1)
-        return np.repeat(people, steps.size**2)[valid], flat.reshape(-1)[valid]
+        x = cxy[people, 0, None] + steps  # [n, L]
+        y = cxy[people, 1, None] + steps
+        flat = (y[:, :, None] * w + x[:, None, :]).reshape(-1)
+        if ((x >= 0) & (x < w)).all() and ((y >= 0) & (y < h)).all():
+            return np.repeat(people, steps.size**2), flat
+        valid = (((y >= 0) & (y < h))[:, :, None] & ((x >= 0) & (x < w))[:, None, :]).reshape(-1)
+        return np.repeat(people, steps.size**2)[valid], flat[valid]
 
     def _offsets(
-        self,
-        kpts: np.ndarray,
-        ctrs: np.ndarray,
-        area: np.ndarray,
-        image: np.ndarray,
-        offsets: np.ndarray,
-        weights: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Offsets and weights ``[B, 2K, h, w]``, overlaps resolved as the reference's loop does.
+        self, kpts: np.ndarray, ctrs: np.ndarray, area: np.ndarray, image: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Compact offsets: every covered pixel ``(b * h + y) * w + x`` once, sorted, with its
+        ``[K, 2]`` targets and ``[K]`` weights; overlaps resolved as the reference's loop does.
 
-        The per-pixel sequence of people is processed by overlap depth: step ``d`` handles, for
-        every pixel at once, the ``d``-th person (in annotation order) whose window covers it.
+        A pixel covered by one window takes that person's usable keypoints. At pixels covered by
+        several windows the per-pixel sequence of people is processed by overlap depth: step ``d``
+        handles, for every such pixel at once, the ``d``-th person (in annotation order) covering it.
         """
-        k = kpts.shape[1]
-        b, _, h, w = offsets.shape
-        hw = h * w
+        p, k = kpts.shape[:2]
+        h, w = self.output_size
         person, pixel = self._window_pairs(ctrs)
-        if person.size:
-            off_flat, wt_flat = offsets.reshape(-1), weights.reshape(-1)
-            xy = kpts[..., :2]
-            usable = (kpts[..., 2] > 0) & (xy >= 0).all(-1) & (xy < (w, h)).all(-1)  # [P, K]
-            inv_sqrt = (1.0 / np.sqrt(area)).astype(np.float32)
-            slot = image[person] * hw + pixel  # unique per (image, pixel)
-            order = np.argsort(slot, kind="stable")
-            person, pixel, slot = person[order], pixel[order], slot[order]
-            new_group = np.concatenate(([True], slot[1:] != slot[:-1]))
-            depth = np.arange(slot.size) - np.maximum.accumulate(np.where(new_group, np.arange(slot.size), 0))
-            base = image[person] * (2 * k * hw) + pixel  # flat index of channel 0
-            chan = (np.arange(2 * k) * hw)[:, None]
-            state = _OverlapState(area, k, b * hw) if depth.max() > 0 else None
-            for d in range(int(depth.max()) + 1):
-                sel = depth == d
-                p, q = person[sel], pixel[sel]
-                pos = np.stack([q % w, q // w]).astype(np.float64)  # [2, n]
-                cand = (pos[None] - xy[p].transpose(1, 2, 0)).astype(np.float32).reshape(2 * k, -1)
-                idx = chan + base[sel]  # [2K, n]
-                write = usable[p].T  # [K, n]
-                if state is not None:
-                    write = state.resolve(write, off_flat[idx].reshape(k, 2, -1), p, slot[sel])
-                write2 = np.repeat(write, 2, axis=0)  # [2K, n]
-                target = idx[write2]
-                off_flat[target] = cand[write2]
-                wt_flat[target] = np.broadcast_to(inv_sqrt[p], write2.shape)[write2]
-        return offsets, weights
+        if not person.size:
+            return np.zeros(0, np.int64), np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
+        x, y = kpts[..., 0], kpts[..., 1]
+        usable = (kpts[..., 2] > 0) & (x >= 0) & (y >= 0) & (x < w) & (y < h)  # [P, K]
+        weights = np.where(usable, (1.0 / np.sqrt(area)).astype(np.float32)[:, None], np.float32(0))
+        xy = kpts[..., :2].reshape(p, 2 * k)  # copies: x0, y0, x1, y1, ...
+        mask = np.repeat(usable, 2, axis=1).astype(np.float32)
+        slot = image[person] * (h * w) + pixel  # unique per (image, pixel)
+        order = np.argsort(slot, kind="stable")  # annotation order within a pixel
+        person, slot, pixel = person[order], slot[order], pixel[order]
+        boundary = np.empty(slot.size + 1, dtype=bool)
+        boundary[0] = boundary[-1] = True
+        np.not_equal(slot[1:], slot[:-1], out=boundary[1:-1])
+        starts = np.flatnonzero(boundary[:-1])
+
+        def candidates(pair: np.ndarray, who: np.ndarray) -> np.ndarray:
+            """``pixel - keypoint`` of person ``who`` at pixel ``pair``, ``[n, K, 2]`` float32, 0 where
+            the keypoint is not usable."""
+            d = xy[who]
+            d[:, 0::2] -= (pixel[pair] % w)[:, None]
+            d[:, 1::2] -= (pixel[pair] // w)[:, None]
+            out = np.negative(d).astype(np.float32)
+            out *= mask[who]
+            return out.reshape(-1, k, 2)
+
+        if starts.size == slot.size:  # no pixel is covered twice
+            return slot, candidates(np.arange(slot.size), person), weights[person]
+        size = np.diff(np.flatnonzero(boundary))  # people per covered pixel
+        target = np.zeros((starts.size, k, 2), np.float32)  # the reference's offset map at those pixels
+        weight = np.zeros((starts.size, k), np.float32)
+        state = _OverlapState(area, k, starts.size)
+        deepest = int(size.max())
+        for d in range(deepest):
+            live = np.flatnonzero(size > d) if d else np.arange(starts.size)
+            pair = starts[live] + d
+            who = person[pair]
+            if d == 0:
+                write = usable[who]
+                target[:] = candidates(pair, who)
+                weight[:] = weights[who]
+            else:
+                write = state.resolve(usable[who], target[live], who, live)
+                target[live] = np.where(write[..., None], candidates(pair, who), target[live])
+                weight[live] = np.where(write, weights[who], weight[live])
+            if d + 1 < deepest:
+                state.record(write, who, live)
+        return slot[starts], target, weight
 
 
 class _OverlapState:
     """The reference's per-pixel "area map" and its overwrite rule, for overlapping windows."""
 
-    def __init__(self, area: np.ndarray, k: int, num_slots: int) -> None:
+    def __init__(self, area: np.ndarray, k: int, num_pixels: int) -> None:
         self.area = area
         self.area32 = area.astype(np.float32)
         self.own_ok = self.area32.astype(np.float64) >= area  # a person's own stored area lets it write
-        self.area_map = np.zeros(num_slots, dtype=np.float32)
-        self.joint = np.arange(k)[:, None]
+        self.area_map = np.zeros(num_pixels, dtype=np.float32)
+        self.joint = np.arange(k)
         self.k = k
 
-    def resolve(self, usable: np.ndarray, current: np.ndarray, person: np.ndarray, slot: np.ndarray) -> np.ndarray:
-        """Which keypoints ``[K, n]`` each person writes at its pixel, given the stored offsets
-        ``current [K, 2, n]`` (an exactly-zero offset counts as free), then update the area map.
+    def resolve(self, usable: np.ndarray, current: np.ndarray, person: np.ndarray, pixel: np.ndarray) -> np.ndarray:
+        """Which keypoints ``[n, K]`` each person writes at its pixel, given the stored offsets
+        ``current [n, K, 2]`` (an exactly-zero offset counts as free).
 
         Sequentially, a keypoint is skipped when its slot is occupied and the last stored area is
         smaller than the person's; the stored area becomes the person's own after its first write.
         """
-        occupied = (current != 0).any(1)
-        prev_ok = self.area_map[slot].astype(np.float64) >= self.area[person]
-        first_ok = usable & (~occupied | prev_ok)
-        first = np.where(first_ok.any(0), first_ok.argmax(0), self.k)
-        later = (self.joint > first) & usable & (~occupied | self.own_ok[person])
-        write = (self.joint == first) | later
-        wrote = write.any(0)
-        self.area_map[slot[wrote]] = self.area32[person[wrote]]
-        return write
+        occupied = (current != 0).any(-1)
+        prev_ok = self.area_map[pixel].astype(np.float64) >= self.area[person]
+        first_ok = usable & (~occupied | prev_ok[:, None])
+        first = np.where(first_ok.any(1), first_ok.argmax(1), self.k)
+        later = (self.joint > first[:, None]) & usable & (~occupied | self.own_ok[person][:, None])
+        return (self.joint == first[:, None]) | later
+
+    def record(self, write: np.ndarray, person: np.ndarray, pixel: np.ndarray) -> None:
+        """Store the area of each person that wrote at least one keypoint at its pixel."""
+        wrote = write.any(1)
+        self.area_map[pixel[wrote]] = self.area32[person[wrote]]
 
 
-__all__ = ["COCO_MIN_CENTER_AREA", "TargetEncoder", "person_centers_and_areas"]
+def _rank_in_runs(keys: np.ndarray) -> np.ndarray:
+    """Position of each element within its run of equal consecutive ``keys``."""
+    n = keys.size
+    new = np.empty(n, dtype=bool)
+    new[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=new[1:])
+    return np.arange(n) - np.maximum.accumulate(np.where(new, np.arange(n), 0))
+
+
+def heatmap_weights(heatmaps: np.ndarray, mask: np.ndarray, bg_weight: float = 0.1) -> np.ndarray:
+    """Heatmap loss weights ``[..., K+1, h, w]`` float32: ``mask`` (``[..., h, w]``) inside the Gaussian
+    windows (where the heatmap is positive), ``bg_weight * mask`` elsewhere."""
+    mask = np.asarray(mask, dtype=np.float32)[..., None, :, :]
+    return np.where(heatmaps > 0, mask, mask * np.float32(bg_weight)).astype(np.float32)
+
+
+__all__ = ["COCO_MIN_CENTER_AREA", "MIN_SIGMA", "TargetEncoder", "heatmap_weights", "person_centers_and_areas"]

@@ -1,7 +1,8 @@
 """COCO-format keypoint datasets (COCO, CrowdPose, any custom layout) for bottom-up training/eval.
 
-A *training* sample (dict of tensors) holds ``image [3, S, S]`` and the DEKR targets
-(``heatmaps``, ``heatmap_weights``, ``offsets``, ``offset_weights``, see :mod:`dekr.targets`).
+A *training* sample (dict of tensors) holds ``image [3, S, S]``, the loss mask ``heatmap_mask
+[S/4, S/4]`` and the compact DEKR targets (``heatmaps``, ``offset_pixel``, ``offset_target``,
+``offset_weight``, see :mod:`dekr.targets`); :func:`train_collate` batches them.
 An *evaluation* sample (dict) holds ``image_id``, ``image`` (uint8 ``[H, W, 3]`` RGB, original
 size) and, when the annotation file has it, ``crowd_index`` (CrowdPose); see ``CONVENTIONS.md``.
 
@@ -225,8 +226,12 @@ class CocoKeypointDataset(Dataset):
         assert self.transform is not None and self.encoder is not None
         centers, areas = self.encoder.centers_and_areas(raw["keypoints"], raw["ann_areas"])
         aug = self.transform(raw["image"], raw["mask"], raw["keypoints"], centers, areas)
-        targets = self.encoder(aug.keypoints, aug.centers, aug.areas, aug.mask)
-        return {"image": torch.from_numpy(aug.image), **{k: torch.from_numpy(v) for k, v in targets.items()}}
+        targets = self.encoder.encode(aug.keypoints, aug.centers, aug.areas)
+        return {
+            "image": torch.from_numpy(aug.image),
+            "heatmap_mask": torch.from_numpy(aug.mask),
+            **{key: torch.from_numpy(value) for key, value in targets.items()},
+        }
 
     def eval_sample(self, raw: dict[str, Any]) -> dict[str, Any]:
         sample: dict[str, Any] = {"image_id": int(raw["image_id"]), "image": raw["image"],
@@ -253,9 +258,10 @@ class CocoKeypointDataset(Dataset):
         return self.train_sample(self._readable_raw(index))
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any] | None]:
-        """A whole batch at once (used by the DataLoader). Training samples are written straight
-        into one batch buffer (shared memory inside a loader worker) and returned as views of it,
-        which :func:`train_collate` hands on without copying."""
+        """A whole batch at once (used by the DataLoader): the targets of all its images are encoded
+        in one vectorized call. Images, masks and heatmaps are written straight into batch buffers
+        (shared memory inside a loader worker) and returned as views of them, which
+        :func:`train_collate` hands on without copying."""
         if not self.train:
             return [self[i] for i in indices]
         assert self.transform is not None and self.encoder is not None
@@ -265,28 +271,31 @@ class CocoKeypointDataset(Dataset):
         k = self.spec.num_keypoints
         batch = {
             "image": _batch_tensor((b, 3, s, s)),
+            "heatmap_mask": _batch_tensor((b, h, w)),
             "heatmaps": _batch_tensor((b, k + 1, h, w)),
-            "heatmap_weights": _batch_tensor((b, k + 1, h, w)),
-            "offsets": _batch_tensor((b, 2 * k, h, w)),
-            "offset_weights": _batch_tensor((b, 2 * k, h, w)),
         }
         augmented = []
         for i, raw in enumerate(raws):
             centers, areas = self.encoder.centers_and_areas(raw["keypoints"], raw["ann_areas"])
-            augmented.append(
-                self.transform(
-                    raw["image"], raw["mask"], raw["keypoints"], centers, areas, image_out=batch["image"][i].numpy()
-                )
+            aug = self.transform(
+                raw["image"], raw["mask"], raw["keypoints"], centers, areas, image_out=batch["image"][i].numpy()
             )
-        self.encoder.encode_batch(
+            batch["heatmap_mask"][i] = torch.from_numpy(aug.mask)
+            augmented.append(aug)
+        targets = self.encoder.encode_batch(
             [a.keypoints for a in augmented],
             [a.centers for a in augmented],
             [a.areas for a in augmented],
-            np.stack([a.mask for a in augmented]),
-            out={key: batch[key].numpy() for key in batch if key != "image"},
-            out_is_zero=True,
+            heatmaps_out=batch["heatmaps"].numpy(),
         )
-        return [{key: value[i] for key, value in batch.items()} for i in range(b)]
+        samples = [{key: value[i] for key, value in batch.items()} for i in range(b)]
+        ends = np.cumsum(targets["offset_counts"])
+        pixel = targets["offset_pixel"] - np.repeat(np.arange(b) * (h * w), targets["offset_counts"])
+        for key, values in (("offset_pixel", pixel), ("offset_target", targets["offset_target"]),
+                            ("offset_weight", targets["offset_weight"])):
+            for sample, part in zip(samples, np.split(values, ends[:-1])):
+                sample[key] = torch.from_numpy(part)
+        return samples
 
 
 def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
@@ -300,11 +309,19 @@ def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
     return proto.new(storage).resize_(*shape)
 
 
+#: per-pixel offset entries of a training sample, concatenated (not stacked) by :func:`train_collate`
+OFFSET_KEYS = ("offset_pixel", "offset_target", "offset_weight")
+
+
 def train_collate(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack training samples; samples that are consecutive views of one batch buffer (from
-    :meth:`CocoKeypointDataset.__getitems__`) are returned as that buffer, without a copy."""
+    """Batch training samples: dense entries are stacked (samples that are consecutive views of one
+    batch buffer, from :meth:`CocoKeypointDataset.__getitems__`, are returned as that buffer, without
+    a copy); the offset entries of all samples are concatenated and ``offset_pixel`` becomes the
+    batch-wide index ``(b * h + y) * w + x`` (``h, w`` from ``heatmap_mask``)."""
     out = {}
     for key, first in samples[0].items():
+        if key in OFFSET_KEYS:
+            continue
         storage, start, n = first.untyped_storage(), first.storage_offset(), first.numel()
         views = first.is_contiguous() and all(
             s[key].untyped_storage().data_ptr() == storage.data_ptr()
@@ -317,6 +334,11 @@ def train_collate(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
             out[key] = first.new_empty(0).set_(storage, start, (len(samples), *first.shape))
         else:
             out[key] = default_collate([s[key] for s in samples])
+    if "offset_pixel" in samples[0]:
+        plane = samples[0]["heatmap_mask"].numel()
+        out["offset_pixel"] = torch.cat([s["offset_pixel"] + i * plane for i, s in enumerate(samples)])
+        out["offset_target"] = torch.cat([s["offset_target"] for s in samples])
+        out["offset_weight"] = torch.cat([s["offset_weight"] for s in samples])
     return out
 
 
