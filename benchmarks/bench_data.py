@@ -6,12 +6,14 @@
 Table 1, target encoding alone, on the same output-pixel joints for both implementations:
 the people of the 4 COCO sample images mapped to the 512 input / 128 map at scale 1 without
 rotation (as the oracle's measurement), and a fabricated 30-person crowd (sample poses, random
-sizes and places). "ours" is one :class:`dekr.targets.TargetEncoder` call per image; "ours, batch"
-encodes 10 images in one :meth:`~dekr.targets.TargetEncoder.encode_batch` call (per image).
-The official ``HeatmapGenerator`` + ``OffsetGenerator`` run through the oracle harness
-(``../shared/oracle`` or ``$DEKR_ORACLE``) when ``DEKR_REF`` is set. "floor" is the time to
-allocate the four dense float32 outputs and fill the weights, which any dense encoder pays: on sparse
-images it dominates both implementations' fixed cost and bounds the possible speed-up.
+sizes and places). "ours, 1" is one :meth:`dekr.targets.TargetEncoder.encode` call per image;
+"ours, batch" encodes 10 images in one :meth:`~dekr.targets.TargetEncoder.encode_batch` call, as the
+data loader does for its batch of 10 (per image). Both produce the compact targets (dense heatmaps,
+per-pixel offsets) from which the loss reads everything the reference's four dense arrays hold;
+"max diff" compares their densified form with the reference's arrays on the same joints. The
+official ``HeatmapGenerator`` + ``OffsetGenerator`` run through the oracle harness (``../shared/oracle``
+or ``$DEKR_ORACLE``) when ``DEKR_REF`` is set. "floor" is the time to allocate and write one dense
+float32 heatmap array per image (10 per batch), which any encoder pays.
 
 Table 2, the whole training sample (read + decode, ignore mask, augmentation at 512, targets), one
 process (= one loader worker), on the 4 COCO sample images with the yaml augmentation; then through a
@@ -105,9 +107,10 @@ def reference_generators() -> Callable[[np.ndarray, np.ndarray], object] | None:
 
     hg, og = HeatmapGenerator(128, 17), OffsetGenerator(128, 128, 17, 4)
 
-    def run(joints: np.ndarray, area: np.ndarray) -> object:
-        hg(joints, 2.0, 4.0, 0.1)
-        return og(joints, area.reshape(-1, 1))
+    def run(joints: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, ...]:
+        heatmaps, weights = hg(joints, 2.0, 4.0, 0.1)
+        offsets, offset_weights = og(joints, area.reshape(-1, 1))
+        return heatmaps, weights, offsets, offset_weights
 
     return run
 
@@ -126,6 +129,13 @@ def reference_getitem(reps: int) -> float | None:
     with contextlib.redirect_stdout(io.StringIO()):
         ds = build_dataset(cfg, is_train=True)
     return timeit(lambda: [ds[i] for i in range(len(ds))], reps) / len(ds)
+
+
+def _max_difference(enc: TargetEncoder, joints: np.ndarray, area: np.ndarray, reference: tuple) -> float:
+    """Largest absolute difference between our densified targets and the reference's arrays."""
+    ours = enc(joints[:, :-1], joints[:, -1], area)
+    keys = ("heatmaps", "heatmap_weights", "offsets", "offset_weights")
+    return max(float(np.abs(ours[key] - np.asarray(ref)).max()) for key, ref in zip(keys, reference))
 
 
 class _PerSample(torch.utils.data.Dataset):
@@ -163,31 +173,35 @@ def main() -> None:
     ref = reference_generators()
 
     print(f"Target encoding, ms per image (median of {args.reps}), 128x128 map, 17 keypoints + centre")
-    header = f"{'case':<14}{'people':>7}{'ours':>9}{'ours, batch':>13}"
+    header = f"{'case':<20}{'people':>7}{'ours, 1':>9}{'ours, batch':>13}"
     if ref:
-        header += f"{'reference':>11}{'speed-up':>10}{'batch speed-up':>16}"
+        header += f"{'reference':>11}{'speed-up':>10}{'batch speed-up':>16}{'max diff':>10}"
     print(header)
     cases = sample_cases()
     groups = [("COCO sample (mean)", cases), *[(c[0], [c]) for c in [crowd_case()]]]
     for name, group in groups:
-        ours = np.mean([timeit(lambda j=j, a=a: enc(j[:, :-1], j[:, -1], a), args.reps * 5) for _, j, a in group])
+        ours = np.mean(
+            [timeit(lambda j=j, a=a: enc.encode(j[:, :-1], j[:, -1], a), args.reps * 5) for _, j, a in group]
+        )
         batch = [group[i % len(group)] for i in range(10)]
         kps, ctrs, areas = [j[:, :-1] for _, j, _ in batch], [j[:, -1] for _, j, _ in batch], [a for *_, a in batch]
-        ours_b = timeit(lambda k=kps, c=ctrs, a=areas: enc.encode_batch(k, c, a), args.reps) / len(batch)
+        ours_b = timeit(lambda k=kps, c=ctrs, a=areas: enc.encode_batch(k, c, a), args.reps * 2) / len(batch)
         people = np.mean([len(j) for _, j, _ in group])
-        row = f"{name:<14}{people:>7.1f}{ours:>9.3f}{ours_b:>13.3f}"
+        row = f"{name:<20}{people:>7.1f}{ours:>9.3f}{ours_b:>13.3f}"
         if ref:
             ref_ms = np.mean([timeit(lambda j=j, a=a: ref(j.copy(), a), max(args.reps // 3, 3)) for _, j, a in group])
-            row += f"{ref_ms:>11.2f}{ref_ms / ours:>9.1f}x{ref_ms / ours_b:>15.1f}x"
+            diff = max(_max_difference(enc, j, a, ref(j.copy(), a)) for _, j, a in group)
+            row += f"{ref_ms:>11.2f}{ref_ms / ours:>9.1f}x{ref_ms / ours_b:>15.1f}x{diff:>10.1e}"
         print(row)
 
-    def dense_outputs() -> tuple[np.ndarray, ...]:
-        weights = np.empty((18, 128, 128), np.float32)
-        weights.fill(0.1)
-        return np.zeros((18, 128, 128), np.float32), weights, np.zeros((2, 34, 128, 128), np.float32)
+    def dense_heatmaps() -> list[np.ndarray]:
+        out = [np.empty((18, 128, 128), np.float32) for _ in range(10)]
+        for a in out:
+            a.fill(0.0)
+        return out
 
-    floor = timeit(dense_outputs, args.reps * 5)
-    print(f"{'floor':<14}{'':>7}{floor:>9.3f}   (allocating the dense outputs and filling the weights alone)")
+    floor = timeit(dense_heatmaps, args.reps * 2) / 10
+    print(f"{'floor':<20}{'':>7}{'':>9}{floor:>13.3f}   (allocating and writing the dense heatmaps alone)")
 
     ds = CocoKeypointDataset(
         ANN,
