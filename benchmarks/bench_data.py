@@ -18,8 +18,8 @@ float32 heatmap array per image (10 per batch), which any encoder pays.
 Table 2, the whole training sample (read + decode, ignore mask, augmentation at 512, targets), one
 process (= one loader worker), on the 4 COCO sample images with the yaml augmentation; then through a
 1-worker DataLoader (batch 10, incl. collate and the transfer to the main process), with the
-dataset's batched fetch (:meth:`CocoKeypointDataset.__getitems__` + ``train_collate``, writing into
-one shared-memory batch) and, for comparison, per-sample fetch + ``default_collate``.
+dataset's batched fetch (:meth:`CocoKeypointDataset.__getitems__`: one encoding call per batch,
+written into shared-memory batch buffers) and, for comparison, fetched and encoded one sample at a time.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def main() -> None:
         print(f"{name:<36}{ms:>10.2f}{1e3 / ms:>11.1f}")
     loaders = {
         "DataLoader, 1 worker, batch 10": (ds, train_collate),
-        "  same, per-sample + default_collate": (_PerSample(ds), torch.utils.data.default_collate),
+        "  same, fetched and encoded one by one": (_PerSample(ds), train_collate),
     }
     for label, (dataset, collate) in loaders.items():
         ms = loader_ms(dataset, collate)

@@ -462,9 +462,13 @@ class TargetEncoder:
         h, w = self.output_size
         x = np.clip(grid[:, 0], 0, w - 1)
         y = np.clip(grid[:, 1], 0, h - 1)
-        index = ((plane[:, None] * h + y) * w)[:, :, None] + x[:, None, :]  # [n, L, L]
-        patch = values[:, 1, :, None] * values[:, 0, None, :]
-        np.maximum.at(heat, index.reshape(-1), patch.reshape(-1))
+        row = (plane[:, None] * h + y) * w
+        chunk = 512  # windows per step: keeps the [n, L, L] temporaries in cache
+        for i in range(0, plane.size, chunk):
+            part = slice(i, i + chunk)
+            index = row[part, :, None] + x[part, None, :]  # [n, L, L]
+            patch = values[part, 1, :, None] * values[part, 0, None, :]
+            np.maximum.at(heat, index.reshape(-1), patch.reshape(-1))
 
     # ------------------------------------------------------------------ offsets
     def _window_pairs(self, ctrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
