@@ -176,6 +176,10 @@ def test_heatmaps_equal_direct_drawing_to_rounding(people: int) -> None:
     heat, window = naive_heatmaps(np.concatenate([kp, centers[:, None]], 1), size, sigmas)
     np.testing.assert_allclose(out["heatmaps"], heat.astype(np.float32), rtol=3e-7, atol=0)
     np.testing.assert_array_equal(out["heatmap_weights"], np.where(window, 1.0, 0.1).astype(np.float32))
+    exact = TargetEncoder(COCO, size, exact_heatmaps=True)(kp, centers, areas)
+    np.testing.assert_array_equal(exact["heatmaps"], heat.astype(np.float32))  # bit for bit
+    for key in ("heatmap_weights", "offsets", "offset_weights"):
+        np.testing.assert_array_equal(exact[key], out[key])
 
 
 def test_window_modes() -> None:
