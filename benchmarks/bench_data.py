@@ -10,7 +10,9 @@ sizes and places). "ours, 1" is one :meth:`dekr.targets.TargetEncoder.encode` ca
 "ours, batch" encodes 10 images in one :meth:`~dekr.targets.TargetEncoder.encode_batch` call, as the
 data loader does for its batch of 10 (per image). Both produce the compact targets (dense heatmaps,
 per-pixel offsets) from which the loss reads everything the reference's four dense arrays hold;
-"max diff" compares their densified form with the reference's arrays on the same joints. The
+"exact, batch" is the same with ``exact_heatmaps=True`` (Gaussians drawn directly in float64,
+bit-identical to the reference). "max diff" compares the default encoder's densified targets with
+the reference's arrays on the same joints. The
 official ``HeatmapGenerator`` + ``OffsetGenerator`` run through the oracle harness (``../shared/oracle``
 or ``$DEKR_ORACLE``) when ``DEKR_REF`` is set. "floor" is the time to allocate and write one dense
 float32 heatmap array per image (10 per batch), which any encoder pays.
@@ -173,7 +175,8 @@ def main() -> None:
     ref = reference_generators()
 
     print(f"Target encoding, ms per image (median of {args.reps}), 128x128 map, 17 keypoints + centre")
-    header = f"{'case':<20}{'people':>7}{'ours, 1':>9}{'ours, batch':>13}"
+    exact = TargetEncoder(COCO, 128, exact_heatmaps=True)
+    header = f"{'case':<20}{'people':>7}{'ours, 1':>9}{'ours, batch':>13}{'exact, batch':>14}"
     if ref:
         header += f"{'reference':>11}{'speed-up':>10}{'batch speed-up':>16}{'max diff':>10}"
     print(header)
@@ -186,8 +189,9 @@ def main() -> None:
         batch = [group[i % len(group)] for i in range(10)]
         kps, ctrs, areas = [j[:, :-1] for _, j, _ in batch], [j[:, -1] for _, j, _ in batch], [a for *_, a in batch]
         ours_b = timeit(lambda k=kps, c=ctrs, a=areas: enc.encode_batch(k, c, a), args.reps * 2) / len(batch)
+        exact_b = timeit(lambda k=kps, c=ctrs, a=areas: exact.encode_batch(k, c, a), args.reps * 2) / len(batch)
         people = np.mean([len(j) for _, j, _ in group])
-        row = f"{name:<20}{people:>7.1f}{ours:>9.3f}{ours_b:>13.3f}"
+        row = f"{name:<20}{people:>7.1f}{ours:>9.3f}{ours_b:>13.3f}{exact_b:>14.3f}"
         if ref:
             ref_ms = np.mean([timeit(lambda j=j, a=a: ref(j.copy(), a), max(args.reps // 3, 3)) for _, j, a in group])
             diff = max(_max_difference(enc, j, a, ref(j.copy(), a)) for _, j, a in group)
@@ -201,7 +205,7 @@ def main() -> None:
         return out
 
     floor = timeit(dense_heatmaps, args.reps * 2) / 10
-    print(f"{'floor':<20}{'':>7}{'':>9}{floor:>13.3f}   (allocating and writing the dense heatmaps alone)")
+    print(f"{'floor':<20}{'':>7}{'':>9}{floor:>13.3f}{'':>14}   (allocating and writing the dense heatmaps alone)")
 
     ds = CocoKeypointDataset(
         ANN,

@@ -128,14 +128,14 @@ def test_decode_recovers_ground_truth() -> None:
 def test_batch_equals_single_and_custom_k() -> None:
     rng = np.random.default_rng(2)
     enc = TargetEncoder(FIVE, (40, 48), window="symmetric", area_mode="box")
-    people = [random_people(rng, n, 5, 40) for n in (0, 3, 6, 12)]
+    people = [random_people(rng, n, 5, 40) for n in (0, 3, 6, 12, 70, 30)]  # > PEOPLE_PER_STEP: in steps
     prepared = [enc.centers_and_areas(p) for p in people]
     batch = enc.encode_batch(people, [c for c, _ in prepared], [a for _, a in prepared])
-    assert batch["heatmaps"].shape == (4, 6, 40, 48)
+    assert batch["heatmaps"].shape == (6, 6, 40, 48)
     assert batch["offset_counts"].sum() == len(batch["offset_pixel"]) and batch["offset_counts"][0] == 0
     assert (np.diff(batch["offset_pixel"]) > 0).all()  # ascending: grouped by image
     dense = enc.densify(batch)
-    assert dense["offsets"].shape == (4, 10, 40, 48)
+    assert dense["offsets"].shape == (6, 10, 40, 48)
     for i, p in enumerate(people):
         single = enc(p, *prepared[i])
         for key, value in single.items():

@@ -101,6 +101,9 @@ WindowMode = Literal["reference", "symmetric"]
 #: people whose COCO annotation area is below this get no centre (reference: 32 x 32).
 COCO_MIN_CENTER_AREA = 32.0**2
 
+#: people encoded per vectorized step of :meth:`TargetEncoder.encode_batch` (cache-sized steps)
+PEOPLE_PER_STEP = 64
+
 #: smallest heatmap sigma (output px) whose Gaussian stays positive in float32 over its whole window.
 MIN_SIGMA = 0.5
 
@@ -279,11 +282,25 @@ class TargetEncoder:
             raise ValueError(
                 f"keypoints ({len(kpts)}), centers ({len(ctrs)}) and areas ({len(area)}) must list the same people"
             )
-        image = np.repeat(np.arange(b), counts)
         heat = self._heatmap_buffer(b, heatmaps_out)
-        self._draw_heatmaps(np.concatenate([kpts, ctrs[:, None]], axis=1), image, counts, heat)
-        pixel, target, weight = self._offsets(kpts, ctrs, np.maximum(area, 1e-6), image)
+        points = np.concatenate([kpts, ctrs[:, None]], axis=1)
+        area = np.maximum(area, 1e-6)
         h, w = self.output_size
+        # consecutive groups of images with at most PEOPLE_PER_STEP people (at least one image each)
+        # keep the intermediate arrays in cache on crowded batches
+        ends = np.cumsum(counts)
+        cuts = [0]
+        while cuts[-1] < b:
+            first = int(ends[cuts[-1] - 1]) if cuts[-1] else 0
+            cuts.append(max(cuts[-1] + 1, int(np.searchsorted(ends, first + PEOPLE_PER_STEP, side="right"))))
+        parts = []
+        for i0, i1 in zip(cuts[:-1], cuts[1:]):
+            p0, p1 = (int(ends[i0 - 1]) if i0 else 0), int(ends[i1 - 1])
+            image = np.repeat(np.arange(i1 - i0), counts[i0:i1])
+            self._draw_heatmaps(points[p0:p1], image, counts[i0:i1], heat[i0:i1])
+            pixel, target, weight = self._offsets(kpts[p0:p1], ctrs[p0:p1], area[p0:p1], image)
+            parts.append((pixel + i0 * (h * w), target, weight))
+        pixel, target, weight = (np.concatenate(arrays) for arrays in zip(*parts))
         return {
             "heatmaps": heat,
             "offset_pixel": pixel,
