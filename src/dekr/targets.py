@@ -87,7 +87,7 @@ fabricated crowded joints, and of whole official training samples; the tests com
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -391,35 +391,33 @@ class TargetEncoder:
         reach = 3 * sigma[:, None]
         lo = np.floor(xy - (reach + 1))  # window [lo, hi) per axis, [P, K+1, 2]
         hi = np.ceil(xy + (reach + 2))
-        if self.exact_heatmaps:
-            heat.fill(0.0)
-            for part in (slice(0, k1 - 1), slice(k1 - 1, k1)):
-                person, channel = np.nonzero(drawn[:, part])
-                channel += part.start
-                self._splat_exact(heat.reshape(-1), xy[person, channel], image[person] * k1 + channel, sigma[part][0])
-            return
-        crowded = self._meeting_windows(lo, hi, drawn, image, counts)
-        alone, together = [], []  # (grid, values, plane) per sigma: keypoints, centres
+        crowded = None if self.exact_heatmaps else self._meeting_windows(lo, hi, drawn, image, counts)
+        # per sigma (keypoints, centres): alone (grid, factors, plane), together (grid, patches, plane)
+        alone, together = [], []
         for part in (slice(0, k1 - 1), slice(k1 - 1, k1)):
             person, channel = np.nonzero(drawn[:, part])
             if not person.size:
                 continue
             channel += part.start
-            grid, values = self._factors(xy[person, channel], lo[person, channel], hi[person, channel], sigma[part][0])
             plane = image[person] * k1 + channel
+            grid, d = self._window_grid(xy[person, channel], lo[person, channel], hi[person, channel], sigma[part][0])
+            if self.exact_heatmaps:  # every window directly, max-merged into zeros
+                together.append((grid, _exact_patches(d, sigma[part][0]), plane))
+                continue
+            values = _gaussian_factors(d, sigma[part][0])
             if crowded is None:
                 alone.append((grid, values, plane))
                 continue
             sel = crowded[person, channel]
             alone.append((grid[~sel], values[~sel], plane[~sel]))
-            together.append((grid[sel], values[sel], plane[sel]))
+            together.append((grid[sel], _factor_patches(values[sel]), plane[sel]))
         if any(plane.size for *_, plane in alone):
             self._draw_alone(heat, alone)
         else:
             heat.fill(0.0)
-        for grid, values, plane in together:
+        for grid, patches, plane in together:
             if plane.size:
-                self._splat(heat.reshape(-1), grid, values, plane)
+                self._splat(heat.reshape(-1), grid, patches, plane)
 
     @staticmethod
     def _meeting_windows(
@@ -442,24 +440,24 @@ class TargetEncoder:
         meets[:, np.arange(most), np.arange(most)] = False
         return meets.any(2)[image, rank]
 
-    def _factors(
+    def _window_grid(
         self, xy: np.ndarray, lo: np.ndarray, hi: np.ndarray, sigma: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """1-D Gaussian factors of ``n`` windows: pixel positions ``grid [n, 2, L]`` (int64, from
-        ``lo``) and float32 ``values [n, 2, L]``, zero outside ``[lo, hi)`` and outside the map."""
+        """Pixel positions of ``n`` windows along each axis, ``grid [n, 2, L]`` (int64, from ``lo``), and
+        their distances to the point, ``d [n, 2, L]``: ``inf`` outside ``[lo, hi)`` and outside the map,
+        so that every Gaussian value computed from them is 0 there."""
         h, w = self.output_size
         span = int(np.ceil(6 * sigma + 3)) + 1  # longest possible window
         grid = lo[:, :, None] + np.arange(span)
         d = grid - xy[:, :, None]
-        values = np.exp(d * d / (-2 * sigma * sigma))
         limit = np.minimum(hi, (w, h))
-        values[(grid >= limit[:, :, None]) | (grid < 0)] = 0.0
-        return grid.astype(np.int64), values.astype(np.float32)
+        d[(grid >= limit[:, :, None]) | (grid < 0)] = np.inf
+        return grid.astype(np.int64), d
 
     def _draw_alone(self, heat: np.ndarray, windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        """Write windows ``(grid, values, plane)`` (:meth:`_factors`; ``plane = b * (K+1) + channel``) that
-        meet no other window of their plane as one batched matrix product of their factors,
-        overwriting all of ``heat``."""
+        """Write windows ``(grid, values, plane)`` (grid from :meth:`_window_grid`, float32 factors,
+        ``plane = b * (K+1) + channel``) that meet no other window of their plane as one batched matrix
+        product of their factors, overwriting all of ``heat``."""
         b, k1, h, w = heat.shape
         plane = np.concatenate([p for *_, p in windows])
         # column of each window in its plane's factor matrices: its rank among the plane's windows
@@ -483,10 +481,13 @@ class TargetEncoder:
         gy = rows[1, :, :, pad : pad + h].transpose(0, 2, 1)  # [B(K+1), h, cols]
         np.matmul(gy, gx, out=heat.reshape(b * k1, h, w))
 
-    def _splat(self, heat: np.ndarray, grid: np.ndarray, values: np.ndarray, plane: np.ndarray) -> None:
-        """Max-merge the windows ``(grid, values)`` of :meth:`_factors` into the flat ``heat`` at
-        ``plane [n]``. Positions outside the map carry the value 0 and are clamped onto the border,
-        where a max with 0 changes nothing (heatmaps are non-negative)."""
+    def _splat(
+        self, heat: np.ndarray, grid: np.ndarray, patches: Callable[[slice], np.ndarray], plane: np.ndarray
+    ) -> None:
+        """Max-merge windows into the flat ``heat`` at ``plane [n]``: ``grid`` from :meth:`_window_grid`,
+        ``patches(part)`` the float32 values ``[m, L, L]`` of windows ``part``. Positions outside the map
+        carry the value 0 and are clamped onto the border, where a max with 0 changes nothing
+        (heatmaps are non-negative)."""
         h, w = self.output_size
         x = np.clip(grid[:, 0], 0, w - 1)
         y = np.clip(grid[:, 1], 0, h - 1)
@@ -494,25 +495,8 @@ class TargetEncoder:
         chunk = 512  # windows per step: keeps the [n, L, L] temporaries in cache
         for i in range(0, plane.size, chunk):
             part = slice(i, i + chunk)
-            index = row[part, :, None] + x[part, None, :]  # [n, L, L]
-            patch = values[part, 1, :, None] * values[part, 0, None, :]
-            np.maximum.at(heat, index.reshape(-1), patch.reshape(-1))
-
-    def _splat_exact(self, heat: np.ndarray, xy: np.ndarray, plane: np.ndarray, sigma: float) -> None:
-        """Max-merge Gaussians computed directly in float64 (``exp(-(dx^2 + dy^2) / 2 sigma^2)``, then
-        rounded to float32, as the reference) into the flat, zeroed ``heat`` at ``plane [N]``."""
-        h, w = self.output_size
-        span = int(np.ceil(6 * sigma + 3)) + 1
-        lo = np.floor(xy - (3 * sigma + 1))
-        limit = np.minimum(np.ceil(xy + (3 * sigma + 2)), (w, h))
-        grid = lo[:, :, None] + np.arange(span)  # [N, 2, L]
-        ok = (grid >= 0) & (grid < limit[:, :, None])
-        d2 = (grid - xy[:, :, None]) ** 2
-        gauss = np.exp(-(d2[:, 0, None, :] + d2[:, 1, :, None]) / (2 * sigma**2))  # [N, Ly, Lx]
-        ok = ok[:, 1, :, None] & ok[:, 0, None, :]
-        grid = grid.astype(np.int64)
-        index = (plane[:, None, None] * h + grid[:, 1, :, None]) * w + grid[:, 0, None, :]
-        np.maximum.at(heat, index[ok], gauss[ok].astype(np.float32))
+            index = row[part, :, None] + x[part, None, :]  # [m, L, L]
+            np.maximum.at(heat, index.reshape(-1), patches(part).reshape(-1))
 
     # ------------------------------------------------------------------ offsets
     def _window_pairs(self, ctrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -626,6 +610,27 @@ class _OverlapState:
         """Store the area of each person that wrote at least one keypoint at its pixel."""
         wrote = write.any(1)
         self.area_map[pixel[wrote]] = self.area32[person[wrote]]
+
+
+def _gaussian_factors(d: np.ndarray, sigma: float) -> np.ndarray:
+    """1-D Gaussian factors ``exp(-d^2 / 2 sigma^2)`` rounded to float32 (0 where ``d`` is ``inf``)."""
+    return np.exp(d * d / (-2 * sigma * sigma)).astype(np.float32)
+
+
+def _factor_patches(values: np.ndarray) -> Callable[[slice], np.ndarray]:
+    """Window patches ``gy gx^T`` ``[m, L, L]`` from float32 factors ``values [n, 2 (x, y), L]``."""
+    return lambda part: values[part, 1, :, None] * values[part, 0, None, :]
+
+
+def _exact_patches(d: np.ndarray, sigma: float) -> Callable[[slice], np.ndarray]:
+    """Window patches ``exp(-(dx^2 + dy^2) / 2 sigma^2)`` computed in float64, then rounded to float32
+    (the reference's values), from the distances ``d [n, 2, L]`` of :meth:`TargetEncoder._window_grid`."""
+    d2 = d * d
+
+    def patches(part: slice) -> np.ndarray:
+        return np.exp(-(d2[part, 0, None, :] + d2[part, 1, :, None]) / (2 * sigma**2)).astype(np.float32)
+
+    return patches
 
 
 def _rank_in_runs(keys: np.ndarray) -> np.ndarray:

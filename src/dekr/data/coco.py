@@ -334,11 +334,12 @@ def train_collate(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
             out[key] = first.new_empty(0).set_(storage, start, (len(samples), *first.shape))
         else:
             out[key] = default_collate([s[key] for s in samples])
-    if "offset_pixel" in samples[0]:
-        plane = samples[0]["heatmap_mask"].numel()
-        out["offset_pixel"] = torch.cat([s["offset_pixel"] + i * plane for i, s in enumerate(samples)])
-        out["offset_target"] = torch.cat([s["offset_target"] for s in samples])
-        out["offset_weight"] = torch.cat([s["offset_weight"] for s in samples])
+    for key in OFFSET_KEYS:
+        if key in samples[0]:
+            out[key] = torch.cat([s[key] for s in samples])
+    if "offset_pixel" in out:  # per-image pixel -> batch-wide pixel
+        counts = torch.tensor([len(s["offset_pixel"]) for s in samples])
+        out["offset_pixel"] += torch.arange(len(samples)).repeat_interleave(counts) * samples[0]["heatmap_mask"].numel()
     return out
 
 
