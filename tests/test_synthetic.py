@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from dekr.data.coco import load_coco
 from dekr.data.synthetic import generate_synthetic, render_image
@@ -114,3 +115,12 @@ def test_workers_draw_distinct_augmentations(tmp_path: Path) -> None:
     sums = [float(b["image"].sum()) for _ in range(2) for b in loader]
     assert len(set(sums)) == len(sums)
     assert torch.isfinite(torch.tensor(sums)).all()
+
+
+def test_generation_refuses_a_folder_with_other_files(tmp_path: Path) -> None:
+    """A real dataset's root is never written into, whatever the config says."""
+    (tmp_path / "images" / "train2017").mkdir(parents=True)
+    (tmp_path / "person_keypoints_val2017.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"refusing.*person_keypoints_val2017.json, images/train2017"):
+        generate_synthetic(tmp_path, num_train=2, num_val=1)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["images", "person_keypoints_val2017.json", "train2017"]

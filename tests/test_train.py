@@ -81,6 +81,8 @@ def test_every_model_data_pair_composes(hydra_conf: None, model: str, data: str)
     resolved = OmegaConf.to_container(cfg.model, resolve=True)
     assert resolved["num_keypoints"] >= 1
     assert resolved["adaptive_impl"] in ("grid_sample", "deform")
+    # the default quickstart experiment never turns a chosen real dataset into a synthetic one
+    assert ("synthetic" in cfg.data) == (data in ("synthetic", "quickstart"))
 
 
 def test_paper_recipes_match_reference(hydra_conf: None) -> None:

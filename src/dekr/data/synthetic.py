@@ -294,6 +294,27 @@ def _split_files(root: Path, split: str) -> tuple[Path, Path]:
     return root / "annotations" / f"person_keypoints_{split}.json", root / "images" / split
 
 
+def _foreign_files(root: Path) -> list[str]:
+    """Entries of ``root`` that the generator would not have written (its layout: the meta file,
+    ``annotations/person_keypoints_{train,val}.json`` and ``images/{train,val}/``)."""
+    if not root.is_dir():
+        return []
+    own = {
+        ".": {META_FILE, "annotations", "images"},
+        "annotations": {f"person_keypoints_{split}.json" for split in ("train", "val")},
+        "images": {"train", "val"},
+    }
+    foreign = []
+    for folder, names in own.items():
+        where = root / folder
+        if where.is_dir():
+            foreign += [str(Path(folder, e.name)) for e in sorted(where.iterdir()) if e.name not in names]
+    for folder in ("annotations", "images"):
+        if (root / folder).exists() and not (root / folder).is_dir():
+            foreign.append(folder)
+    return foreign
+
+
 def _iter_split(root: Path, split: str, num: int, size: int, seed: int, max_people: int = 6,
                 heights: tuple[float, float] = (30.0, 300.0)) -> Iterator[tuple[dict, list[dict]]]:
     image_dir = _split_files(root, split)[1]
@@ -340,6 +361,13 @@ def generate_synthetic(
                 return root
         except json.JSONDecodeError:
             pass
+    foreign = _foreign_files(root)
+    if foreign:
+        raise FileExistsError(
+            f"refusing to generate synthetic people in {root}: it holds other files ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}). Point data.root at an empty or synthetic-only folder, or "
+            "remove data.synthetic from the config when the folder is a real dataset."
+        )
     log.info("generating synthetic people in %s (%s)", root, params)
     root.mkdir(parents=True, exist_ok=True)
     meta.unlink(missing_ok=True)
