@@ -6,8 +6,8 @@
 Table 1, target encoding alone, on the same output-pixel joints for both implementations:
 the people of the 4 COCO sample images mapped to the 512 input / 128 map at scale 1 without
 rotation (as the oracle's measurement), and a fabricated 30-person crowd (sample poses, random
-sizes and places). "ours, 1" is one :meth:`dekr.targets.TargetEncoder.encode` call per image;
-"ours, batch" encodes 10 images in one :meth:`~dekr.targets.TargetEncoder.encode_batch` call, as the
+sizes and places). "ours, 1" is one :meth:`dekr.codec.encode.TargetEncoder.encode` call per image;
+"ours, batch" encodes 10 images in one :meth:`~dekr.codec.encode.TargetEncoder.encode_batch` call, as the
 data loader does for its batch of 10 (per image). Both produce the compact targets (dense heatmaps,
 per-pixel offsets) from which the loss reads everything the reference's four dense arrays hold;
 "exact, batch" is the same with ``exact_heatmaps=True`` (Gaussians drawn directly in float64,
@@ -47,7 +47,7 @@ from timing import median_seconds  # noqa: E402
 from dekr.data.coco import CocoKeypointDataset, train_collate  # noqa: E402
 from dekr.data.transforms import TrainTransform, crop_matrix  # noqa: E402
 from dekr.keypoints import COCO  # noqa: E402
-from dekr.targets import TargetEncoder, person_centers_and_areas  # noqa: E402
+from dekr.codec.encode import TargetEncoder, person_centers_and_areas  # noqa: E402
 
 COCO_SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 ANN = COCO_SAMPLE / "person_keypoints_sample.json"

@@ -1,6 +1,6 @@
 """Decoding speed: ms/image with flip test for 1, 10 and 30 people on a 512x512 input (128² map).
 
-Ours: :func:`dekr.inference.decode.decode` + inverse affine + rescoring (one call per batch), at batch
+Ours: :func:`dekr.codec.decode.decode` + inverse affine + rescoring (one call per batch), at batch
 1 and batch 8. With ``DEKR_REF`` set (and the oracle harness in ``../shared/oracle``), the official
 post-processing (``get_multi_stage_outputs`` with flip, ``aggregate_results``, ``pose_nms``,
 ``get_final_preds``, ``rescore_valid``) runs on the same fabricated outputs, side by side::
@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from timing import median_seconds  # noqa: E402
 
-from dekr.inference.decode import DecodeConfig, ScaleOutput, decode  # noqa: E402
-from dekr.inference.geometry import input_geometry, input_to_original  # noqa: E402
-from dekr.inference.synthetic import fabricate_outputs  # noqa: E402
+from dekr.codec import ScaleOutput, decode, default_codec_config  # noqa: E402
+from dekr.codec.geometry import input_geometry, input_to_original  # noqa: E402
+from dekr.codec.synthetic import fabricate_outputs  # noqa: E402
 from dekr.keypoints import COCO  # noqa: E402
 from dekr.rescore import Rescorer  # noqa: E402
 
@@ -41,7 +41,7 @@ def ours(out: dict, batch: int, rescorer: Rescorer, device: torch.device) -> flo
     keys = ("heatmaps", "offsets", "heatmaps_flip", "offsets_flip")
     so = ScaleOutput(1.0, *(out[k].repeat(batch, 1, 1, 1).to(device) for k in keys))
     geo = [input_geometry(512, 512, 512)] * batch
-    cfg = DecodeConfig()
+    cfg = default_codec_config()
 
     def run() -> None:
         d = decode([so], COCO, cfg)

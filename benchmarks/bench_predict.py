@@ -21,7 +21,8 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dekr.inference.factory import build_estimator, register_resolvers  # noqa: E402
+import dekr  # noqa: E402, F401  (config resolvers)
+from dekr.inference.factory import build_estimator  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--no-flip", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    register_resolvers()
+
     paths = sorted((ROOT.parent / "shared" / "data" / "coco_sample").glob("*.jpg"))
     images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
     images = (images * (args.images // len(images) + 1))[: args.images]
@@ -45,8 +46,8 @@ def main() -> None:
     for name in args.models:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("predict", overrides=[
-                f"model={name}", "input=.", f"device={args.device}", f"input_size={args.input_size}",
-                f"batch_size={args.batch_size}", f"flip_test={not args.no_flip}", "output_dir=."])
+                f"model={name}", "input=.", f"device={args.device}", f"test.input_size={args.input_size}",
+                f"test.batch_size={args.batch_size}", f"test.flip={not args.no_flip}", "output_dir=."])
         est, _ = build_estimator(cfg)
         est(images[: args.batch_size])  # warm-up
         if est.device.type == "cuda":

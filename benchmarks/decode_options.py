@@ -1,7 +1,7 @@
 """Measured effect of the decoder options on a noisy codec round trip.
 
 Ground truth (COCO sample, and the dense 30-person crowd of tests/data/decode_golden.npz) is encoded
-into targets at the test geometry (dekr.targets), Gaussian noise is added (heatmaps sigma 0.05,
+into targets at the test geometry (dekr.codec.synthetic.outputs_from_ground_truth), Gaussian noise is added (heatmaps sigma 0.05,
 offsets 0.5 output px), the result is decoded with each option and scored with dekr.metrics
 (mean AP over 3 noise seeds)::
 
@@ -18,25 +18,24 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src")]
 
-import test_decode as T  # noqa: E402
-
-from dekr.inference.decode import DecodeConfig, ScaleOutput, decode  # noqa: E402
-from dekr.inference.geometry import input_geometry, input_to_original  # noqa: E402
+from dekr.codec import CodecConfig, ScaleOutput, codec_config, decode  # noqa: E402
+from dekr.codec.geometry import input_geometry, input_to_original  # noqa: E402
+from dekr.codec.synthetic import outputs_from_ground_truth  # noqa: E402
 from dekr.keypoints import COCO  # noqa: E402
 from dekr.metrics import evaluate_keypoints, results_to_coco  # noqa: E402
 
 OPTIONS = {
-    "reference": DecodeConfig(),
-    "bilinear scores": DecodeConfig(joint_score="bilinear"),
-    "symmetric NMS": DecodeConfig(nms_symmetric=True),
-    "greedy NMS": DecodeConfig(nms_group_rule=False),
-    "heatmap matching": DecodeConfig(match_heatmap=True),
+    "reference": codec_config(),
+    "bilinear scores": codec_config({"scoring": {"joint_score": "bilinear"}}),
+    "symmetric NMS": codec_config({"nms": {"strategy": "symmetric"}}),
+    "greedy NMS": codec_config({"nms": {"strategy": "greedy"}}),
+    "heatmap matching": codec_config({"refine": {"enabled": True}}),
 }
 
 
-def noisy_ap(gt: dict, flip: bool, cfg: DecodeConfig, seed: int, max_dets: int) -> float:
+def noisy_ap(gt: dict, flip: bool, cfg: CodecConfig, seed: int, max_dets: int) -> float:
     g = torch.Generator().manual_seed(seed)
 
     def noisy(t: torch.Tensor | None, s: float) -> torch.Tensor | None:
@@ -47,7 +46,8 @@ def noisy_ap(gt: dict, flip: bool, cfg: DecodeConfig, seed: int, max_dets: int) 
         anns = [a for a in gt["annotations"] if a["image_id"] == im["id"] and (a["iscrowd"] == 0 or a["num_keypoints"])]
         kp = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(anns), 17, 3)
         area = np.array([a.get("area", 1e9) for a in anns])
-        o = T._encode_at_test_geometry(kp, area, (im["height"], im["width"]), COCO, flip=flip)
+        o = outputs_from_ground_truth(kp, area, (im["height"], im["width"]), COCO, cfg, 512, flip=flip,
+                                      min_center_area=1024.0)
         o = ScaleOutput(1.0, noisy(o.heatmaps, 0.05), noisy(o.offsets, 0.5), noisy(o.heatmaps_flip, 0.05),
                         noisy(o.offsets_flip, 0.5))
         d = decode([o], COCO, cfg)
@@ -61,8 +61,9 @@ def noisy_ap(gt: dict, flip: bool, cfg: DecodeConfig, seed: int, max_dets: int) 
 
 def main() -> None:
     torch.set_num_threads(1)
-    z, _ = T._golden()
-    sets = {"COCO sample": (json.loads((T.DATA / "coco_sample" / "person_keypoints_sample.json").read_text()), 20),
+    z = np.load(ROOT / "tests" / "data" / "decode_golden.npz")
+    data = ROOT.parent / "shared" / "data"
+    sets = {"COCO sample": (json.loads((data / "coco_sample" / "person_keypoints_sample.json").read_text()), 20),
             "dense crowd 30": (json.loads(bytes(z["dense30/gt"]).decode()), 30)}
     print("| data | flip | " + " | ".join(OPTIONS) + " |\n|" + "---|" * (len(OPTIONS) + 2))
     for name, (gt, max_dets) in sets.items():

@@ -2,7 +2,7 @@
 
 Needs the official code (``DEKR_REF=/path/to/HRNet/DEKR``) and the oracle harness
 (``../shared/oracle/dekr_harness.py``, or ``DEKR_ORACLE=/path/to/oracle``). The tests compare
-:mod:`dekr.targets` against the stored digests without needing either.
+:mod:`dekr.codec.encode` against the stored digests without needing either.
 
 For each case the file stores the *inputs* (raw COCO keypoints and areas, the output-pixel joints
 with their centre row and the areas fed to the generators) and compact per-channel digests of the

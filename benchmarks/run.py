@@ -123,7 +123,7 @@ def run_row(config: str, backend: str, size: int, repeats: int, threads: int, tr
     import numpy as np
     import torch
 
-    from dekr.inference.predictor import PoseEstimator
+    from dekr.inference.predictor import PoseEstimator, TestConfig
     from dekr.keypoints import COCO
 
     torch.set_num_threads(threads)
@@ -171,7 +171,8 @@ def run_row(config: str, backend: str, size: int, repeats: int, threads: int, tr
         row["note"] += "; ".join(str(w.message)[:80] for w in caught if issubclass(w.category, RuntimeWarning))
         row["peak_inf_mib"] = peak_mib(device)
 
-    estimator = PoseEstimator(model, COCO, input_size=size, flip_test=False, batch_size=1, device=device)
+    test = TestConfig(input_size=size, flip=False, scales=(1.0,), batch_size=1, max_dets=20)
+    estimator = PoseEstimator(model, COCO, None, test, device=device)
     row["e2e_ips"] = 1e3 / median_ms(lambda: estimator.predict_batch([image]), repeats, sync)
 
     if train and not is_ort:
@@ -294,7 +295,7 @@ def decode_ms(size: int) -> float | None:
         import bench_decode
         import torch
 
-        from dekr.inference.synthetic import fabricate_outputs
+        from dekr.codec.synthetic import fabricate_outputs
         from dekr.keypoints import COCO
         from dekr.rescore import Rescorer
     except Exception:

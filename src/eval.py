@@ -1,7 +1,7 @@
 """Evaluate a DEKR checkpoint on a dataset split (COCO keypoint AP/AR, CrowdPose AP E/M/H).
 
-    python src/eval.py checkpoint=PATH [data=crowdpose] [model=dekr_w48] [flip_test=false]
-                       [scales=[2.0,1.0,0.5]] [rescore.weights=PATH] [split=test] [limit_images=N]
+    python src/eval.py checkpoint=PATH [data=crowdpose] [model=dekr_w48] [test.flip=false]
+                       [test.scales=[2.0,1.0,0.5]] [rescore.weights=PATH] [split=test] [limit_images=N]
 
 Prints a metrics table; writes ``results.json`` (COCO keypoint results, original pixels) and
 ``metrics.json`` into the run folder.
@@ -17,11 +17,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from dekr.inference.factory import build_estimator, register_resolvers
+import dekr  # noqa: F401  (registers the config resolvers)
+from dekr.inference.factory import build_estimator
 from dekr.metrics import KeypointAP, format_table, write_json
 
 log = logging.getLogger(__name__)
-register_resolvers()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -29,10 +29,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got '{cfg.split}'")
     estimator, spec = build_estimator(cfg)
-    dm = hydra.utils.instantiate(cfg.data, val_batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
+    dm = hydra.utils.instantiate(cfg.data, _partial_=True)(
+        keypoints=spec, codec=estimator.cfg, val_batch_size=estimator.test.batch_size, num_workers=int(cfg.num_workers)
+    )
     dm.setup("validate" if cfg.split == "val" else "test")
     loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
-    metric = KeypointAP(dm.datasets[cfg.split].coco.dataset, spec, max_dets=int(cfg.max_dets))
+    metric = KeypointAP(dm.datasets[cfg.split].coco.dataset, spec, max_dets=estimator.test.max_dets)
     limit = cfg.get("limit_images")
     seen, start = 0, time.perf_counter()
     bar = tqdm(total=limit or len(loader.dataset), disable=not cfg.progress, desc="eval", unit="img")
@@ -51,8 +53,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out = Path(cfg.get("output_dir") or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     write_json(out / "results.json", metric.predictions())
     write_json(out / "metrics.json", {"metrics": stats, "images": seen, "seconds": elapsed,
-                                      "checkpoint": str(cfg.checkpoint), "flip_test": bool(cfg.flip_test),
-                                      "scales": list(cfg.scales), "decode": OmegaConf.to_container(cfg.decode)})
+                                      "checkpoint": str(cfg.checkpoint), "flip_test": estimator.flip_test,
+                                      "scales": list(estimator.scales), "test": OmegaConf.to_container(cfg.test, resolve=True),
+                                      "codec": estimator.cfg.to_dict()})
     print(format_table(stats))
     log.info("%d images in %.1f s; results and metrics in %s", seen, elapsed, out)
     return stats

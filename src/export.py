@@ -17,26 +17,33 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dekr.deploy.export import ExportError, ExportResult, build_model, export_onnx
-from dekr.inference.factory import register_resolvers
+import dekr  # noqa: F401  (registers the config resolvers)
+from dekr.codec import CodecConfig
+from dekr.deploy.export import ExportError, ExportResult, export_onnx
+from dekr.inference.factory import check_stored_layout, network_codec
+from dekr.keypoints import build_keypoint_spec
+from dekr.model.build import build_network
+from dekr.model.checkpoint import CheckpointMismatchError, read_checkpoint
 
 log = logging.getLogger(__name__)
-register_resolvers()
 
 
 def run_export(cfg: DictConfig) -> ExportResult:
     """Build the model of ``cfg`` (see conf/export.yaml), load its weights, export and verify."""
-    from_ckpt = bool(cfg.model_from_checkpoint) and cfg.checkpoint is not None
-    model_node = None if from_ckpt else OmegaConf.to_container(cfg.model, resolve=True)
-    model = build_model(model_node, cfg.checkpoint, model_from_checkpoint=from_ckpt)
-    if not cfg.checkpoint:
+    spec = build_keypoint_spec(OmegaConf.to_container(cfg.data.keypoints, resolve=True))
+    codec = CodecConfig.from_mapping(cfg.codec)
+    stored = read_checkpoint(cfg.checkpoint) if cfg.checkpoint else None
+    if stored is None:
         log.warning("no checkpoint given: exporting untrained weights")
+    else:
+        check_stored_layout(stored.keypoints, spec, str(stored.path))
+        codec = network_codec(stored.codec, codec, str(stored.path))
+    model = build_network(spec, cfg.model, stored, prefer_stored=bool(cfg.model_from_checkpoint)).eval()
     size = cfg.input_size if isinstance(cfg.input_size, int) else list(cfg.input_size)
-    kwargs = {k: v for k, v in model_node.items() if k != "_target_"} if isinstance(model_node, dict) else None
     result = export_onnx(
         model, cfg.output, impl=cfg.adaptive_impl, opset=cfg.opset, input_size=size,
         batch_size=int(cfg.batch_size), verify=bool(cfg.verify), verify_dynamic=bool(cfg.verify_dynamic),
-        atol=float(cfg.atol), rtol=float(cfg.get("rtol", 0.0)), model_kwargs=kwargs or None,
+        atol=float(cfg.atol), rtol=float(cfg.get("rtol", 0.0)), codec=codec,
     )
     if result.checks:
         log.info("verified in %.1f s; largest difference %.2e (atol %.0e)", result.verify_s, result.max_abs_diff,
@@ -48,7 +55,7 @@ def run_export(cfg: DictConfig) -> ExportResult:
 def main(cfg: DictConfig) -> None:
     try:
         run_export(cfg)
-    except (ExportError, FileNotFoundError, ValueError) as err:
+    except (ExportError, FileNotFoundError, ValueError, CheckpointMismatchError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -19,14 +19,14 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from dekr.inference.factory import build_estimator, register_resolvers
+import dekr  # noqa: F401  (registers the config resolvers)
+from dekr.inference.factory import build_estimator
 from dekr.inference.predictor import PoseEstimator, PoseResult
 from dekr.keypoints import KeypointSpec
 from dekr.metrics import write_json
 from dekr.viz import draw_poses
 
 log = logging.getLogger(__name__)
-register_resolvers()
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}

@@ -27,3 +27,16 @@ def crowdpose_sample() -> Path:
     if not CROWDPOSE_SAMPLE.is_dir():
         pytest.fail(f"sample data missing: {CROWDPOSE_SAMPLE}")
     return CROWDPOSE_SAMPLE
+
+
+def compose_data(name: str, overrides: list[str] | None = None):
+    """The ``data`` node of ``conf/train.yaml`` composed with ``data=<name>`` (codec interpolated),
+    as a plain-container DictConfig ready for ``hydra.utils.instantiate``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import dekr  # noqa: F401  (resolvers)
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(config_name="train", overrides=["~experiment", f"data={name}", *(overrides or [])])
+    return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))

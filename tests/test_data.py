@@ -11,13 +11,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import compose_data
 from omegaconf import OmegaConf
 
 from dekr.data.coco import CocoKeypointDataset, eval_collate, ignore_region
 from dekr.data.datamodule import DEKRDataModule
 from dekr.data.transforms import FlipWithPairs, TrainTransform, crop_matrix
 from dekr.keypoints import COCO, CROWDPOSE, build_keypoint_spec
-from dekr.targets import TargetEncoder
+from dekr.codec.encode import TargetEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +154,7 @@ def test_transform_geometry_and_visibility() -> None:
     kp, centers, areas = _people()
     kp[0, 3, :2] = [-50, 20]  # outside the image
     image = np.zeros((300, 400, 3), np.uint8)
-    t = TrainTransform(COCO, 256, min_scale=1, max_scale=1, max_rotation=0, max_translate=0, flip_prob=0, seed=0)
+    t = TrainTransform(COCO, 256, 4, min_scale=1, max_scale=1, max_rotation=0, max_translate=0, flip_prob=0, seed=0)
     out = t(image, np.ones((300, 400), bool), kp, centers, areas)
     mat = crop_matrix(np.array([200.0, 150.0]), 300 / 200, 256)
     expected = (kp[..., :2] @ mat[:, :2].T + mat[:, 2]) / 4
@@ -162,7 +163,7 @@ def test_transform_geometry_and_visibility() -> None:
     np.testing.assert_allclose(out.areas, areas * (256 / 300) ** 2)
     assert out.image.shape == (3, 256, 256) and out.mask.shape == (64, 64)
     assert out.mask.min() == 1  # the 300 x 300 crop lies inside the image
-    zoomed = TrainTransform(COCO, 256, min_scale=1.5, max_scale=1.5, max_rotation=0, max_translate=0, flip_prob=0)
+    zoomed = TrainTransform(COCO, 256, 4, min_scale=1.5, max_scale=1.5, max_rotation=0, max_translate=0, flip_prob=0)
     out = zoomed(image, np.ones((300, 400), bool), kp, centers, areas)
     assert out.mask[0, 32] == 0 and out.mask[32, 32] == 1  # the black border is ignored
 
@@ -171,10 +172,10 @@ def test_reference_flip_shift() -> None:
     kp, centers, areas = _people()
     image = np.zeros((256, 256, 3), np.uint8)
     kwargs = dict(min_scale=1, max_scale=1, max_rotation=0, max_translate=0, flip_prob=1.0, seed=0)
-    ref = TrainTransform(COCO, 256, flip_label_shift="reference", **kwargs)(
+    ref = TrainTransform(COCO, 256, 4, flip_label_shift="reference", **kwargs)(
         image, np.ones((256, 256)), kp, centers, areas
     )
-    exact = TrainTransform(COCO, 256, flip_label_shift="consistent", **kwargs)(
+    exact = TrainTransform(COCO, 256, 4, flip_label_shift="consistent", **kwargs)(
         image, np.ones((256, 256)), kp, centers, areas
     )
     np.testing.assert_allclose(exact.keypoints[..., 0] - ref.keypoints[..., 0], 0.75)  # 3 input px
@@ -249,7 +250,7 @@ def write_custom_dataset(root: Path, k: int = 5, n_images: int = 3) -> None:
 
 def test_custom_five_keypoint_dataset(tmp_path: Path) -> None:
     write_custom_dataset(tmp_path)
-    cfg = OmegaConf.load(ROOT / "conf" / "data" / "custom_example.yaml")
+    cfg = compose_data("custom_example")
     cfg = OmegaConf.merge(
         cfg,
         {
@@ -278,13 +279,13 @@ def test_custom_five_keypoint_dataset(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["coco", "crowdpose", "synthetic", "custom_example"])
 def test_data_configs(name: str) -> None:
-    cfg = OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")
+    cfg = compose_data(name)
     assert cfg._target_ == "dekr.data.DEKRDataModule"
     spec = build_keypoint_spec(OmegaConf.to_container(cfg.keypoints))
     assert spec.num_keypoints == {"coco": 17, "crowdpose": 14, "synthetic": 17, "custom_example": 5}[name]
     assert cfg.input_size in (256, 512) and cfg.root
     dm = DEKRDataModule(**{k: v for k, v in cfg.items() if k != "_target_"})
-    assert dm.make_encoder().output_size == (cfg.input_size // 4,) * 2
+    assert dm.make_encoder().output_size == (cfg.input_size // cfg.codec.stride,) * 2
 
 
 def test_augmented_samples_match_reference(coco_sample: Path) -> None:
@@ -292,7 +293,7 @@ def test_augmented_samples_match_reference(coco_sample: Path) -> None:
     golden = np.load(ROOT / "tests" / "data" / "golden_targets.npz")
 
     ds = CocoKeypointDataset(coco_sample / "person_keypoints_sample.json", coco_sample, COCO, train=False)
-    transform = TrainTransform(COCO, 512, flip_label_shift="reference")
+    transform = TrainTransform(COCO, 512, 4, flip_label_shift="reference")
     encoder = TargetEncoder(COCO, 128, fix_zero_keypoint_center=False)
     flips = set()
     for name in golden["samples"]:
@@ -320,7 +321,7 @@ def test_batched_fetch_equals_single_and_avoids_copies(coco_sample: Path) -> Non
             coco_sample,
             COCO,
             train=True,
-            transform=TrainTransform(COCO, 256, seed=5),
+            transform=TrainTransform(COCO, 256, 4, seed=5),
             encoder=TargetEncoder(COCO, 64),
         )
 

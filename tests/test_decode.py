@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from dekr.inference.decode import DecodeConfig, ScaleOutput, decode, pool_kernel
-from dekr.inference.geometry import input_geometry, input_to_original
-from dekr.inference.nms import pose_nms
-from dekr.inference.predictor import PoseEstimator, flip_input
-from dekr.inference.synthetic import fabricate_outputs
+from dekr.codec import codec_config, default_codec_config
+from dekr.codec.decode import ScaleOutput, decode
+from dekr.codec.geometry import flip_input, input_geometry, input_to_original
+from dekr.codec.maps import pool_kernel
+from dekr.codec.nms import pose_nms
+from dekr.codec.synthetic import fabricate_outputs, outputs_from_ground_truth
+from dekr.inference.predictor import PoseEstimator, TestConfig
 from dekr.keypoints import COCO, KeypointSpec, get_keypoint_spec
 from dekr.metrics import evaluate_keypoints, results_to_coco
 from dekr.rescore import Rescorer
@@ -21,6 +23,10 @@ from dekr.rescore import Rescorer
 torch.set_num_threads(1)
 GOLDEN = Path(__file__).parent / "data" / "decode_golden.npz"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _test(input_size: int, flip: bool = True, scales=(1.0,), batch_size: int = 4) -> TestConfig:
+    return TestConfig(input_size=input_size, flip=flip, scales=tuple(scales), batch_size=batch_size, max_dets=20)
 
 
 def _golden():
@@ -57,7 +63,8 @@ def test_same_poses_and_scores_as_reference(name: str) -> None:
     checksum = sum(float(t.double().abs().sum()) for o in outs
                    for t in (o.heatmaps, o.offsets, o.heatmaps_flip, o.offsets_flip) if t is not None)
     assert checksum == pytest.approx(m["checksum"], rel=1e-9), "fabricated outputs changed; regenerate the fixture"
-    d = decode(outs, spec, DecodeConfig())
+    # the fixture ran the official defaults, NMS_NUM_THRE 8 for every layout (here CrowdPose's floor(K/2) is 7)
+    d = decode(outs, spec, codec_config({"nms": {"min_joints": 8}}))
     g = input_geometry(*m["image_hw"], m["input_size"])
     poses = torch.cat((input_to_original(d.poses[..., :2], [g]), d.poses[..., 2:]), -1)[0][d.valid[0]]
     scores = d.scores[0][d.valid[0]]
@@ -90,8 +97,7 @@ def test_predictor_matches_reference_end_to_end() -> None:
     m = meta["coco_flip"]
     out = _case_outputs(m)[0]
     model = _FixedModel(out)
-    est = PoseEstimator(model, COCO, input_size=m["input_size"], flip_test=True,
-                        rescorer=_rescorer(z, "coco_flip", COCO))
+    est = PoseEstimator(model, COCO, None, _test(m["input_size"]), rescorer=_rescorer(z, "coco_flip", COCO))
     res = est([np.zeros((*m["image_hw"], 3), np.uint8)])[0]
     assert model.calls == [(2, 3, 256, 384)]
     np.testing.assert_allclose(res.poses[..., :2], z["coco_flip/poses"][..., :2], atol=1e-3)
@@ -142,7 +148,7 @@ def test_flip_symmetry(seed: int) -> None:
     h, w = 40, 56
     s = _scene(COCO, h, w, seed)
     mirrored = ScaleOutput(1.0, s.heatmaps_flip, s.offsets_flip, s.heatmaps, s.offsets)
-    cfg = DecodeConfig(joint_score="bilinear")
+    cfg = codec_config({"scoring": {"joint_score": "bilinear"}})
     p1, s1 = _sorted(decode([s], COCO, cfg))
     p2, s2 = _sorted(decode([mirrored], COCO, cfg), 4 * w, COCO.flip_index())
     torch.testing.assert_close(p1[..., :2], p2[..., :2], atol=1e-4, rtol=0)
@@ -155,15 +161,16 @@ def test_no_flip_pairs_disables_flip() -> None:
     o = fabricate_outputs(spec, 3, 32, 32, seed=0)
     assert "heatmaps_flip" not in o
     model = _FixedModel(ScaleOutput(1.0, o["heatmaps"], o["offsets"]))
-    res = PoseEstimator(model, spec, input_size=128, flip_test=True)([np.zeros((128, 128, 3), np.uint8)])
+    res = PoseEstimator(model, spec, None, _test(128))([np.zeros((128, 128, 3), np.uint8)])
     assert model.calls == [(1, 3, 128, 128)]
     assert res[0].poses.shape[1:] == (3, 3)
 
 
 def test_pool_kernel_from_map_size() -> None:
-    assert pool_kernel(128, 128) == 3
-    assert pool_kernel(256, 200) == 5
-    assert pool_kernel(320, 400) == 7
+    thresholds = default_codec_config().centers.pool_thresholds
+    assert pool_kernel(128, 128, thresholds) == 3
+    assert pool_kernel(256, 200, thresholds) == 5
+    assert pool_kernel(320, 400, thresholds) == 7
 
 
 def test_nms_group_rule_keeps_nothing_when_best_was_suppressed() -> None:
@@ -175,7 +182,7 @@ def test_nms_group_rule_keeps_nothing_when_best_was_suppressed() -> None:
     valid = torch.ones(1, 3, dtype=torch.bool)
     keep, rank = pose_nms(poses, heat, valid, distance=0.06, min_joints=3)
     assert keep.tolist() == [[False, True, False]]
-    keep_greedy, _ = pose_nms(poses, heat, valid, distance=0.06, min_joints=3, group_rule=False)
+    keep_greedy, _ = pose_nms(poses, heat, valid, distance=0.06, min_joints=3, strategy="greedy")
     assert keep_greedy.tolist() == [[True, True, False]] or keep_greedy.tolist() == [[False, True, False]]
 
 
@@ -184,7 +191,7 @@ def test_nms_asymmetric_threshold() -> None:
     big = torch.tensor([[0.5, 0.0], [6.0, 0.0], [0.0, 40.0]])
     poses = torch.stack((small, big))[None]
     valid = torch.ones(1, 2, dtype=torch.bool)
-    from dekr.inference.nms import duplicate_matrix
+    from dekr.codec.nms import duplicate_matrix
 
     asym = duplicate_matrix(poses, valid, distance=0.3, min_joints=1)
     sym = duplicate_matrix(poses, valid, distance=0.3, min_joints=1, symmetric=True)
@@ -195,44 +202,17 @@ def test_nms_asymmetric_threshold() -> None:
 # ----------------------------------------------------------------------------- codec round trips
 
 
-def _encode_at_test_geometry(keypoints: np.ndarray, ann_areas: np.ndarray, hw: tuple[int, int], spec: KeypointSpec,
-                             input_size: int = 512, flip: bool = False) -> ScaleOutput:
-    """GT (original px) → targets at the test geometry, used as network outputs."""
-    from dekr.targets import TargetEncoder, person_centers_and_areas
-
-    g = input_geometry(hw[0], hw[1], input_size)
-    h_out, w_out = g.size[1] // 4, g.size[0] // 4
-    centers, areas = person_centers_and_areas(keypoints, ann_areas,
-                                              min_center_area=1024.0 if spec.name == "coco" else 0.0)
-    mat = g.matrix()
-    kp = keypoints.astype(np.float64).copy()
-    kp[..., :2] = (kp[..., :2] @ mat[:, :2].T + mat[:, 2]) / 4.0
-    ct = centers.copy()
-    ct[:, :2] = (ct[:, :2] @ mat[:, :2].T + mat[:, 2]) / 4.0
-    areas = areas * g.k**2
-    enc = TargetEncoder(spec, (h_out, w_out))
-    t = enc(kp, ct, areas)
-    out = ScaleOutput(1.0, torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])
-    if flip:
-        kf = kp[:, spec.flip_index()].copy()
-        kf[..., 0] = w_out - 1 - kf[..., 0]
-        cf = ct.copy()
-        cf[:, 0] = w_out - 1 - cf[:, 0]
-        tf = enc(kf, cf, areas)
-        out.heatmaps_flip = torch.from_numpy(tf["heatmaps"])[None]
-        out.offsets_flip = torch.from_numpy(tf["offsets"])[None]
-    return out
-
-
-def _roundtrip(gt: dict, spec: KeypointSpec, flip: bool, max_dets: int, cfg: DecodeConfig | None = None) -> dict:
+def _roundtrip(gt: dict, spec: KeypointSpec, flip: bool, max_dets: int, cfg=None) -> dict:
     ids, poses, scores = [], [], []
     for im in gt["images"]:
         anns = [a for a in gt["annotations"] if a["image_id"] == im["id"] and
                 (a["iscrowd"] == 0 or a["num_keypoints"] > 0)]
         kp = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(anns), spec.num_keypoints, 3)
         area = np.array([a.get("area", 1e9) for a in anns])
-        out = _encode_at_test_geometry(kp, area, (im["height"], im["width"]), spec, flip=flip)
-        d = decode([out], spec, cfg or DecodeConfig())
+        cfg = cfg or default_codec_config()
+        out = outputs_from_ground_truth(kp, area, (im["height"], im["width"]), spec, cfg, 512, flip=flip,
+                                        min_center_area=1024.0 if spec.name == "coco" else 0.0)
+        d = decode([out], spec, cfg)
         g = input_geometry(im["height"], im["width"], 512)
         p = torch.cat((input_to_original(d.poses[..., :2], [g]), d.poses[..., 2:]), -1)[0][d.valid[0]]
         ids.append(im["id"])
@@ -259,14 +239,14 @@ def test_dense_crowd_at_least_as_good_as_reference(flip: bool) -> None:
 
 def test_coco_sample_roundtrip_with_heatmap_matching() -> None:
     gt = json.loads((DATA / "coco_sample" / "person_keypoints_sample.json").read_text())
-    stats = _roundtrip(gt, COCO, True, max_dets=20, cfg=DecodeConfig(match_heatmap=True))
+    stats = _roundtrip(gt, COCO, True, max_dets=20, cfg=codec_config({"refine": {"enabled": True}}))
     assert stats["AP"] >= 0.99, stats
 
 
 def test_max_filter_equals_max_pool() -> None:
     import torch.nn.functional as F
 
-    from dekr.inference.decode import max_filter
+    from dekr.codec.maps import max_filter
 
     x = torch.rand(2, 37, 53)
     for k in (3, 5, 7):
@@ -291,7 +271,7 @@ def test_predictor_multiscale_batch_matches_reference() -> None:
     z, meta = _golden()
     m = meta["coco_portrait_ms"]
     outs = _case_outputs(m)
-    est = PoseEstimator(_SizeModel(outs), COCO, input_size=m["input_size"], scales=m["factors"], batch_size=3)
+    est = PoseEstimator(_SizeModel(outs), COCO, None, _test(m["input_size"], scales=m["factors"], batch_size=3))
     image = np.zeros((*m["image_hw"], 3), np.uint8)
     res = est([image, image])
     for r in res:

@@ -9,7 +9,7 @@ import torch
 from dekr.data.coco import train_collate
 from dekr.keypoints import COCO
 from dekr.losses import DEKRLoss, gather_offsets, heatmap_loss, offset_loss, smooth_l1
-from dekr.targets import TargetEncoder
+from dekr.codec.encode import TargetEncoder
 
 
 def _people(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -48,10 +48,10 @@ def test_equal_to_dense_reference_losses() -> None:
     pred_o = d["offsets"] + 2.0 * torch.randn(d["offsets"].shape, generator=g)
     expected_h = ((pred_h - d["heatmaps"]) ** 2 * d["heatmap_weights"]).mean()
     expected_o = (smooth_l1(pred_o - d["offsets"], 1 / 9) * d["offset_weights"]).sum() / (d["offset_weights"] > 0).sum()
-    losses = DEKRLoss(heatmap_factor=2.0, offset_factor=0.03)(pred_h, pred_o, batch)
+    losses = DEKRLoss(heatmap_factor=2.0, offset_factor=0.03, beta=1 / 9, bg_weight=0.1)(pred_h, pred_o, batch)
     torch.testing.assert_close(losses["heatmap"], 2.0 * expected_h)
     torch.testing.assert_close(losses["offset"], 0.03 * expected_o)
-    torch.testing.assert_close(heatmap_loss(pred_h, batch["heatmaps"], batch["heatmap_mask"]), expected_h)
+    torch.testing.assert_close(heatmap_loss(pred_h, batch["heatmaps"], batch["heatmap_mask"], 0.1), expected_h)
     torch.testing.assert_close(
         offset_loss(pred_o, batch["offset_pixel"], batch["offset_target"], batch["offset_weight"]), expected_o
     )
@@ -63,7 +63,7 @@ def test_zero_when_prediction_equals_target() -> None:
     offsets = torch.from_numpy(np.stack([x["offsets"] for x in dense]))
     torch.testing.assert_close(gather_offsets(offsets, batch["offset_pixel"])[batch["offset_weight"] > 0],
                                batch["offset_target"][batch["offset_weight"] > 0])
-    losses = DEKRLoss()(batch["heatmaps"].clone(), offsets, batch)
+    losses = DEKRLoss(heatmap_factor=1.0, offset_factor=0.03, beta=1 / 9, bg_weight=0.1)(batch["heatmaps"].clone(), offsets, batch)
     assert all(v.item() == 0.0 for v in losses.values())
 
 
@@ -75,7 +75,7 @@ def test_finite_on_batch_without_people() -> None:
     assert batch["offset_pixel"].numel() == 0 and batch["heatmaps"].shape == (2, 18, 16, 16)
     pred_h = torch.randn(2, 18, 16, 16, requires_grad=True)
     pred_o = torch.randn(2, 34, 16, 16, requires_grad=True)
-    losses = DEKRLoss()(pred_h, pred_o, batch)
+    losses = DEKRLoss(heatmap_factor=1.0, offset_factor=0.03, beta=1 / 9, bg_weight=0.1)(pred_h, pred_o, batch)
     assert torch.isfinite(losses["total"]) and losses["offset"].item() == 0.0 and losses["heatmap"].item() == 0.0
     losses["total"].backward()
     assert torch.isfinite(pred_o.grad).all() and torch.isfinite(pred_h.grad).all()

@@ -88,7 +88,7 @@ def test_eval_writes_results_and_metrics(tmp_path: Path) -> None:
 
 
 def test_viz_renders_images() -> None:
-    from dekr.inference.synthetic import fabricate_outputs
+    from dekr.codec.synthetic import fabricate_outputs
     from dekr.keypoints import COCO
     from dekr.viz import draw_poses, render_heatmaps, render_offsets
 

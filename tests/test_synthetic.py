@@ -68,11 +68,11 @@ def test_generate_is_idempotent_and_valid(tmp_path: Path) -> None:
 
 
 def test_datamodule_generates_synthetic(tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
-
     from dekr.data.datamodule import DEKRDataModule
 
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "synthetic.yaml")
+    from conftest import compose_data
+
+    cfg = compose_data("synthetic")
     args = {k: v for k, v in cfg.items() if k != "_target_"}
     args.update(
         root=str(tmp_path / "syn"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dekr.keypoints import COCO, CROWDPOSE, KeypointSpec
-from dekr.targets import TargetEncoder, person_centers_and_areas
+from dekr.codec.encode import TargetEncoder, person_centers_and_areas
 
 GOLDEN = Path(__file__).parent / "data" / "golden_targets.npz"
 FIVE = KeypointSpec(name="five", names=("a", "b", "c", "d", "e"), flip_pairs=((1, 2),))

@@ -42,7 +42,7 @@ def tiny(root: Path | None, out: Path, run_name: str = "run", epochs: int = 1) -
         "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
         "trainer.accelerator=cpu", "trainer.devices=1", f"trainer.max_epochs={epochs}",
         "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-        f"paths.log_dir={out}", f"run_name={run_name}", "module.test.batch_size=3",
+        f"paths.log_dir={out}", f"run_name={run_name}", "test.batch_size=3",
         "~callbacks.last_checkpoint",
     ]
 
@@ -70,8 +70,13 @@ def hydra_conf():
 def test_every_experiment_composes(hydra_conf: None, experiment: str) -> None:
     cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     OmegaConf.resolve(cfg.model)
-    assert cfg.model.num_keypoints in (14, 17)
-    assert cfg.module.test.input_size == cfg.data.input_size
+    from dekr.keypoints import build_keypoint_spec
+    from dekr.model.build import network_arguments
+
+    assert cfg.model.num_keypoints is None  # from the layout
+    assert "num_keypoints" not in network_arguments(cfg.model)
+    assert build_keypoint_spec(OmegaConf.to_container(cfg.data.keypoints)).num_keypoints in (14, 17)
+    assert cfg.test.input_size == cfg.data.input_size
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -96,7 +101,7 @@ def test_paper_recipes_match_reference(hydra_conf: None) -> None:
         "hrnet_w48", 48, 640, 5)
     cp = compose("train", overrides=["experiment=crowdpose_w32_512"])
     assert list(cp.module.scheduler.milestones) == [200, 260] and cp.trainer.max_epochs == 300
-    assert cp.decode.nms_min_joints == 7
+    assert cp.codec.nms.min_joints == 7 and cp.codec.scoring.scale_decrease == 0.8
     # the user's command: model=dekr_w32 with 8 devices keeps strategy auto (DDP for >1 device)
     user = compose("train", overrides=["model=dekr_w32", "trainer.devices=8"])
     assert user.trainer.devices == 8 and user.trainer.strategy == "auto" and user.model.backbone == "hrnet_w32"
@@ -189,12 +194,13 @@ def test_ddp_two_processes_gather_the_same_ap(synthetic_root: Path, tmp_path: Pa
     from pytorch_lightning import Trainer
 
     from dekr.data import DEKRDataModule
+    from dekr.inference.predictor import TestConfig
+    from dekr.keypoints import COCO
     from dekr.model import DEKR
-    from dekr.module import DEKRModule
 
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    net = DEKR(**ckpt["dekr_model"])
-    module = DEKRModule(net, "coco", test={"input_size": 128, "flip": True, "scales": [1.0], "batch_size": 3})
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    net = DEKR(**ckpt["dekr"]["network"])
+    module = _module(net, COCO, TestConfig(input_size=128, flip=True, scales=(1.0,), batch_size=3, max_dets=20))
     module.load_state_dict(ckpt["state_dict"])
     dm = DEKRDataModule(root=str(synthetic_root), train_ann="annotations/person_keypoints_train.json",
                         train_images="images/train", val_ann="annotations/person_keypoints_val.json",
@@ -203,6 +209,22 @@ def test_ddp_two_processes_gather_the_same_ap(synthetic_root: Path, tmp_path: Pa
                       enable_checkpointing=False)
     single = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/AP"]
     assert single == pytest.approx(ddp_ap, abs=1e-9)
+
+
+def _module(net, spec, test):
+    """A DEKRModule with the paper's optimizer, schedule and loss values (as conf/train.yaml)."""
+    import functools
+
+    from dekr.codec import default_codec_config
+    from dekr.losses import DEKRLoss
+    from dekr.module import DEKRModule
+    from dekr.schedule import step_schedule
+
+    return DEKRModule(
+        net, spec, default_codec_config(), test, optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+        scheduler=functools.partial(step_schedule, milestones=[90, 120], gamma=0.1, warmup_steps=0, warmup_ratio=0.001),
+        loss=DEKRLoss(heatmap_factor=1.0, offset_factor=0.03, beta=1 / 9, bg_weight=0.1),
+    )
 
 
 def test_bad_config_value_fails_clearly(synthetic_root: Path, tmp_path: Path) -> None:
@@ -220,11 +242,11 @@ def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_pa
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     # centre threshold below 0: the briefly trained net's 30 best candidates per image are all output
-    common = [f"checkpoint={ckpt}", "data=synthetic", "decode.center_threshold=-1.0", f"data.root={synthetic_root}",
+    common = [f"checkpoint={ckpt}", "data=synthetic", "codec.centers.threshold=-1.0", f"data.root={synthetic_root}",
               "data.synthetic.num_train=8",
               "data.synthetic.num_val=3", "data.synthetic.image_size=128", "data.synthetic.seed=1",
               "data.input_size=128", "model=dekr_w32", f"paths.log_dir={tmp_path}", "run_name=x", "device=cpu"]
-    ev = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"), *common, "flip_test=false", "num_workers=0"],
+    ev = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"), *common, "test.flip=false", "num_workers=0"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ev.returncode == 0, ev.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "x" / "metrics.json").read_text())
@@ -256,10 +278,14 @@ def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_pa
 
 def test_non_finite_loss_is_reported_before_the_update() -> None:
     """A NaN loss stops training with the step and batch named, and the weights stay untouched."""
+    from dekr.inference.predictor import TestConfig
+    from dekr.keypoints import KeypointSpec
     from dekr.model import DEKR
-    from dekr.module import DEKRModule, NonFiniteLossError
+    from dekr.module import NonFiniteLossError
 
-    module = DEKRModule(DEKR(num_keypoints=3, backbone="hrnet_tiny"), {"name": "t", "names": ["a", "b", "c"]})
+    spec = KeypointSpec(name="t", names=("a", "b", "c"))
+    test = TestConfig(input_size=64, flip=False, scales=(1.0,), batch_size=1, max_dets=20)
+    module = _module(DEKR(num_keypoints=3, backbone="hrnet_tiny"), spec, test)
     before = {k: v.detach().clone() for k, v in module.named_parameters()}
     batch = {"image": torch.randn(2, 3, 64, 64), "image_id": torch.tensor([7, 9]),
              "heatmaps": torch.full((2, 4, 16, 16), float("nan")), "heatmap_mask": torch.ones(2, 16, 16),

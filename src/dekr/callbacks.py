@@ -1,8 +1,13 @@
-"""Training callbacks and plugins: validation overlays for the loggers, atomic checkpoint writes."""
+"""Training callbacks and plugins: validation overlays for the loggers, atomic checkpoint writes,
+the rolling ``last.ckpt`` (with its previous copy) and the RNG states that make a resumed run the
+same run."""
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +17,8 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,15 +40,134 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
 
 
+#: the previous ``last.ckpt``, kept when a new one is written (the fall-back of a damaged one)
+PREVIOUS_LAST = "last.prev.ckpt"
+
+
+def _rng_states() -> dict[str, Any]:
+    """The global RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in states:
+        n = states["numpy"]
+        keys = np.asarray(n["keys"].numpy(), dtype=np.uint32)
+        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class LastCheckpoint(pl.Callback):
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` optimizer steps, at every
+    training-epoch end (after that epoch's validation) and at the end of fit, so ``last.ckpt`` is
+    always the final state; before each write the previous one is kept as ``last.prev.ckpt``
+    (``keep_previous``). Its state, stored in every checkpoint, holds the Python, NumPy and torch
+    RNG states (rank 0's; restored on resume); the data order and the augmentation do not depend on
+    them: they are functions of (seed, epoch, index), see
+    :class:`dekr.data.datamodule.ResumableSampler`.
+
+    A step checkpoint is not written at an epoch's last batch (the epoch-end one follows it).
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 200, keep_previous: bool = True) -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = int(every_n_train_steps or 0)
+        self.keep_previous = keep_previous
+        self._saved_step: int | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        if trainer.is_global_zero and self.keep_previous and self.last_path.is_file():
+            keep_previous(self.last_path, self.dirpath / PREVIOUS_LAST)
+        trainer.save_checkpoint(self.last_path)  # collective: every rank calls it, rank 0 writes
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._saved_step or batch_idx + 1 >= trainer.num_training_batches:
+            return
+        if (self.every_n_train_steps and step % self.every_n_train_steps == 0) or (
+                0 < trainer.max_steps <= step):  # a max_steps stop: the mid-epoch state, not the loop's end
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._saved_step:
+            self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._saved_step:
+            self._save(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": _rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "rng" in state_dict:
+            _set_rng_states(state_dict["rng"])
+
+
+def keep_previous(path: Path, previous: Path) -> None:
+    """Make ``previous`` a copy of ``path`` atomically (a hard link where the file system allows)."""
+    tmp = previous.with_name(f".{previous.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, previous)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def drawable_poses(poses: Any, height: int, width: int) -> np.ndarray:
+    """``[P, K, 3]`` float64 copy of ``poses`` in which non-finite joints and joints farther than one
+    image size outside the image are hidden (score -1, position 0), so drawing never fails on the
+    output of a diverging network."""
+    arr = np.array(poses.detach().cpu() if isinstance(poses, torch.Tensor) else poses, dtype=np.float64, copy=True)
+    if arr.size == 0:
+        return arr.reshape(0, 0, 3)
+    if arr.shape[-1] == 2:
+        arr = np.concatenate([arr, np.ones_like(arr[..., :1])], axis=-1)
+    xy = arr[..., :2]
+    reach = 2.0 * max(height, width)
+    bad = ~np.isfinite(arr).all(-1) | (np.abs(xy) > reach).any(-1)
+    arr[bad] = (0.0, 0.0, -1.0)
+    return arr
+
+
 def _overlay_pair(sample: dict, result: Any, spec: Any) -> np.ndarray:
     """Ground truth (left) and prediction (right) side by side, RGB uint8."""
     from dekr.viz import draw_poses
 
     image = sample["image"]
-    pred = draw_poses(image, result.poses, spec, scores=result.scores, joint_threshold=0.05)
+    h, w = image.shape[:2]
+    scores = None if result.scores is None else np.nan_to_num(np.asarray(result.scores, dtype=np.float64))
+    pred = draw_poses(image, drawable_poses(result.poses, h, w), spec, scores=scores, joint_threshold=0.05)
     gt_kpts = sample.get("keypoints")
     if gt_kpts is not None and len(gt_kpts):
-        gt = draw_poses(image, np.asarray(gt_kpts, dtype=np.float32), spec, joint_threshold=0.0)
+        gt = draw_poses(image, drawable_poses(gt_kpts, h, w), spec, joint_threshold=0.0)
     else:
         gt = image.copy()
     cv2.putText(gt, "ground truth", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
@@ -94,13 +220,13 @@ class ValidationImages(pl.Callback):
     @staticmethod
     def _heatmap_rendering(pl_module: pl.LightningModule, image: np.ndarray) -> torch.Tensor | None:
         """Network heatmaps of one image at the test input size, ``[1, K+1, h, w]``."""
-        from dekr.inference.geometry import input_geometry, warp_to_input
+        from dekr.codec.geometry import input_geometry, warp_to_input
 
-        size = int(pl_module.test_cfg["input_size"])
+        size = pl_module.test_cfg.input_size
         geo = input_geometry(image.shape[0], image.shape[1], size, 1.0)
         x = torch.from_numpy(warp_to_input(image, geo)).float().permute(2, 0, 1)[None] / 255.0
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        mean = torch.tensor(pl_module.codec.input.mean).view(1, 3, 1, 1)
+        std = torch.tensor(pl_module.codec.input.std).view(1, 3, 1, 1)
         was_training = pl_module.net.training
         pl_module.net.eval()
         with torch.no_grad():

@@ -1,23 +1,12 @@
 """OmegaConf resolvers used by the Hydra configs (registered when :mod:`dekr` is imported).
 
-* ``${dekr.num_keypoints:${data.keypoints}}``: K of a data config's keypoint spec.
 * ``${dekr.default_adaptive_impl:}``: ``grid_sample`` on CPU-only machines (faster there: see
   ``benchmarks/bench_model.py``), ``deform`` (torchvision's kernel, as the reference) with CUDA.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
-
-from dekr.keypoints import build_keypoint_spec
-
-
-def _num_keypoints(keypoints: Any) -> int:
-    if isinstance(keypoints, DictConfig):
-        keypoints = OmegaConf.to_container(keypoints, resolve=True)
-    return build_keypoint_spec(keypoints).num_keypoints
+from omegaconf import OmegaConf
 
 
 def _default_adaptive_impl() -> str:
@@ -28,6 +17,5 @@ def _default_adaptive_impl() -> str:
 
 def register_resolvers() -> None:
     """Register the project's resolvers once (idempotent)."""
-    for name, fn in (("dekr.num_keypoints", _num_keypoints), ("dekr.default_adaptive_impl", _default_adaptive_impl)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+    if not OmegaConf.has_resolver("dekr.default_adaptive_impl"):
+        OmegaConf.register_new_resolver("dekr.default_adaptive_impl", _default_adaptive_impl)

@@ -5,9 +5,9 @@ Usage::
     python -m dekr.convert pose_dekr_hrnetw32_coco.pth dekr_w32_coco.pth --source official
     python -m dekr.convert dekr_hrnet-w32_8xb10-140e_coco-512x512.pth out.pth --source mmpose
 
-The output is ``{"state_dict": <this project's DEKR keys>, "model": <DEKR kwargs>, "source": ...}``,
-which :func:`dekr.model.checkpoint.load_weights` (used by eval, predict, export and fine-tuning)
-reads. Backbone parameter names are shared by the official HRNet, MMPose's HRNet and timm's
+The output is ``{"state_dict": <this project's DEKR keys>, "dekr": {"network": <DEKR arguments>},
+"source": ...}``, which :func:`dekr.model.build.build_network` (used by eval, predict, export and
+fine-tuning) reads. Backbone parameter names are shared by the official HRNet, MMPose's HRNet and timm's
 ``features_only`` HRNet, so only the heads are rearranged:
 
 * official: the K per-keypoint regression branches are stacked into grouped tensors; the adaptive
@@ -28,6 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from dekr.model.build import arguments_from_weights
+from dekr.model.checkpoint import check_state_dict
+from dekr.model.network import DEKR
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
@@ -199,28 +203,6 @@ def mmpose_to_dekr(state: Mapping[str, Tensor]) -> StateDict:
     return out
 
 
-def infer_model_kwargs(state: Mapping[str, Tensor]) -> dict:
-    """DEKR constructor arguments implied by a converted ``state_dict`` (keypoints, width, blocks)."""
-    k = state["heatmap_head.final.weight"].shape[0] - 1
-    width = int(state["backbone.body.transition1.0.0.weight"].shape[0])
-    stage2_blocks = _count_branches(state, r"backbone\.body\.stage2\.0\.branches\.0\.(\d+)\.")
-    if width == 16:
-        backbone = "hrnet_w18_small"
-    elif width == 18 and stage2_blocks == 2:
-        backbone = "hrnet_w18_small_v2"
-    else:
-        backbone = f"hrnet_w{width}"
-    num_blocks = _count_branches(state, r"offset_head\.blocks\.(\d+)\.")
-    per_kpt = state["offset_head.blocks.0.weight"].shape[1] if num_blocks else 15
-    return {
-        "num_keypoints": int(k),
-        "backbone": backbone,
-        "channels_per_keypoint": int(per_kpt),
-        "offset_blocks": int(num_blocks),
-        "heatmap_channels": int(state["heatmap_head.final.weight"].shape[1]),
-    }
-
-
 CONVERTERS = {"official": official_to_dekr, "mmpose": mmpose_to_dekr}
 
 
@@ -236,14 +218,11 @@ def convert_file(src: str | Path, dst: str | Path, source: str = "official") -> 
     except Exception as err:
         raise ValueError(f"could not read {src} as a torch checkpoint ({err})") from err
     state = CONVERTERS[source](_unwrap(payload))
-    kwargs = infer_model_kwargs(state)
-    from dekr.model import DEKR
-    from dekr.model.checkpoint import check_state_dict
-
+    kwargs = arguments_from_weights(state, str(src))
     check_state_dict(DEKR(**kwargs), state, origin=str(src))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(dst.suffix + ".tmp")
-    torch.save({"state_dict": state, "model": kwargs, "source": source}, tmp)
+    torch.save({"state_dict": state, "dekr": {"network": DEKR(**kwargs).arguments}, "source": source}, tmp)
     tmp.replace(dst)
     return kwargs
 

@@ -60,8 +60,11 @@ class KeypointSpec:
             object.__setattr__(self, "sigmas", (0.05,) * k)
         for pair in (*self.flip_pairs, *self.skeleton):
             if len(pair) != 2 or not all(0 <= int(i) < k for i in pair):
+                one_based = all(1 <= int(i) <= k for p in (*self.flip_pairs, *self.skeleton) for i in p)
                 raise ValueError(
                     f"keypoint spec '{self.name}': pair {tuple(pair)} is not two indices in [0, {k})"
+                    + ("; the pairs look 1-based (as a COCO file's skeleton): subtract 1 from every index"
+                       if one_based else "")
                 )
         seen: set[int] = set()
         for a, b in self.flip_pairs:
@@ -198,7 +201,7 @@ CROWDPOSE = KeypointSpec(
         (7, 9), (8, 10), (9, 11), (6, 7), (0, 1),
     ),
     torso_limbs=(9, 11),
-    # The reference draws the CrowdPose centre with the joint sigma (2), see dekr.targets.
+    # The reference draws the CrowdPose centre with the joint sigma (2), see dekr.codec.encode.
     center_sigma=2.0,
 )
 
@@ -216,6 +219,17 @@ def get_keypoint_spec(name: str) -> KeypointSpec:
         ) from None
 
 
+def check_num_keypoints(found: int, spec: KeypointSpec, origin: str) -> None:
+    """The one keypoint-count check: ``origin`` (a network, checkpoint or file) must predict the layout's
+    ``K``, else a ``ValueError`` naming both and the fix."""
+    if int(found) != spec.num_keypoints:
+        raise ValueError(
+            f"{origin} has {int(found)} keypoints but the keypoint layout '{spec.name}' has "
+            f"{spec.num_keypoints}; choose the data=... config the network was trained with (its "
+            "`keypoints` block), or a checkpoint trained on this layout"
+        )
+
+
 def build_keypoint_spec(cfg: Mapping | KeypointSpec | str) -> KeypointSpec:
     """Accept a spec, a built-in name or a mapping (see :meth:`KeypointSpec.from_dict`)."""
     if isinstance(cfg, KeypointSpec):
@@ -225,6 +239,6 @@ def build_keypoint_spec(cfg: Mapping | KeypointSpec | str) -> KeypointSpec:
     return KeypointSpec.from_dict(cfg)
 
 
-__all__ = ["COCO", "CROWDPOSE", "KeypointSpec", "build_keypoint_spec", "get_keypoint_spec"]
+__all__ = ["COCO", "CROWDPOSE", "KeypointSpec", "build_keypoint_spec", "check_num_keypoints", "get_keypoint_spec"]
 
 

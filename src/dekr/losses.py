@@ -1,8 +1,8 @@
-"""DEKR training losses, on the compact training batch (see ``CONVENTIONS.md`` and :mod:`dekr.targets`).
+"""DEKR training losses, on the compact training batch (see ``CONVENTIONS.md`` and :mod:`dekr.codec.encode`).
 
 * Heatmap loss: ``mean_{n,c,y,x} (pred - gt)^2 * weight`` over every element, as in the reference.
   The weight is rebuilt here from the batch: the loss mask inside each Gaussian's window (where the
-  target heatmap is positive) and ``bg_weight`` (0.1) times the mask elsewhere; the mask is 0 on
+  target heatmap is positive) and ``bg_weight`` (the codec's) times the mask elsewhere; the mask is 0 on
   ignored regions.
 * Offset loss: smooth-L1 (``beta = 1/9``) times the per-pixel weights (``1/sqrt(area)`` inside each
   person's centre window, 0 elsewhere), summed and divided by the number of positive weights in the
@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 
-def heatmap_weights(target: torch.Tensor, mask: torch.Tensor, bg_weight: float = 0.1) -> torch.Tensor:
+def heatmap_weights(target: torch.Tensor, mask: torch.Tensor, bg_weight: float) -> torch.Tensor:
     """Loss weights ``[N, K+1, h, w]`` from the target heatmaps and the loss mask ``[N, h, w]``."""
     mask = mask.unsqueeze(1).to(target.dtype)
     return torch.where(target > 0, mask, mask * bg_weight)
 
 
-def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, bg_weight: float = 0.1) -> torch.Tensor:
+def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, bg_weight: float) -> torch.Tensor:
     """Weighted squared error averaged over all elements: ``pred``/``target [N, K+1, h, w]``,
     ``mask [N, h, w]``."""
     if pred.shape != target.shape or mask.shape != (target.shape[0], *target.shape[2:]):
@@ -77,12 +77,11 @@ class DEKRLoss(nn.Module):
     ``forward(heatmaps, offsets, batch)`` reads ``batch["heatmaps"]``, ``batch["heatmap_mask"]``,
     ``batch["offset_pixel"]``, ``batch["offset_target"]`` and ``batch["offset_weight"]`` and returns a
     dict with ``heatmap``, ``offset`` (both already multiplied by their factors) and ``total``.
-    ``bg_weight`` must be the target encoder's (the training config passes ``data.targets.bg_weight``).
+    Values come from ``conf/train.yaml``'s ``module.loss`` (paper: 1.0, 0.03, beta 1/9); ``bg_weight``
+    is the codec's ``targets.bg_weight``, the same value the target encoder uses.
     """
 
-    def __init__(
-        self, heatmap_factor: float = 1.0, offset_factor: float = 0.03, beta: float = 1.0 / 9, bg_weight: float = 0.1
-    ) -> None:
+    def __init__(self, heatmap_factor: float, offset_factor: float, beta: float, bg_weight: float) -> None:
         super().__init__()
         self.heatmap_factor = heatmap_factor
         self.offset_factor = offset_factor

@@ -7,6 +7,12 @@
   area ranges is ``bbox_w * bbox_h * 0.53``; AP(E/M/H) re-run the evaluation on the images with
   ``crowdIndex < 0.2``, ``0.2 <= crowdIndex < 0.8`` and ``>= 0.8`` and average the whole precision
   array of the "all" area range (``-1`` when a split has no image, as the API reports).
+* Area ranges (``area_ranges``): COCO's all/medium/large by default; a custom layout (animals,
+  insects, ...) can give its own, e.g. ``{"all": [0, 1e10]}`` for a single range.
+
+The ground truth is read by :func:`dekr.data.annotations.load_annotations`, as in the data pipeline:
+files without ``area``, ``bbox``, ``iscrowd`` or ``num_keypoints`` are filled the same way, and bad
+files fail with the annotation ids and the fix.
 
 :class:`KeypointAP` is a ``torchmetrics.Metric``: per-image predictions are list states gathered
 across DDP ranks; samples duplicated by a distributed sampler are counted once.
@@ -28,35 +34,33 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchmetrics import Metric
 
+from dekr.data.annotations import build_coco, load_annotations
 from dekr.keypoints import KeypointSpec
 
 COCO_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+#: pycocotools' keypoint area ranges (px^2 of the GT "area"), the default of ``area_ranges``
+COCO_AREA_RANGES = {"all": (0.0, 1e10), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
+_AREA_SUFFIX = {"small": "s", "medium": "m", "large": "l"}
 CROWD_NAMES = ("AP(E)", "AP(M)", "AP(H)")
 CROWD_SPLITS = (0.2, 0.8)
 
 
-def load_coco(annotations: str | Path | Mapping | COCO) -> COCO:
-    """A pycocotools ``COCO`` from a path, a dict or an existing object (quietly)."""
+def load_coco(annotations: str | Path | Mapping | COCO, spec: KeypointSpec | None = None) -> COCO:
+    """A pycocotools ``COCO`` from a path, a dict or an existing object, validated and normalised by
+    :func:`dekr.data.annotations.load_annotations` (``spec`` checks the keypoint count)."""
     if isinstance(annotations, COCO):
-        return annotations
-    with contextlib.redirect_stdout(io.StringIO()):
-        if isinstance(annotations, Mapping):
-            coco = COCO()
-            coco.dataset = copy.deepcopy(dict(annotations))
-            coco.createIndex()
-            return coco
-        path = Path(annotations)
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file {path} not found; check the data config's paths")
-        return COCO(str(path))
+        if getattr(annotations, "dekr_normalised", False):
+            return annotations
+        annotations = annotations.dataset
+    dataset, _ = load_annotations(annotations, spec)
+    return build_coco(dataset)
 
 
 def _crowdpose_areas(coco: COCO) -> COCO:
     """Copy of the GT whose annotation areas follow the CrowdPose API (bbox w * h * 0.53)."""
-    data = copy.deepcopy(coco.dataset)
-    for ann in data["annotations"]:
-        ann["area"] = float(ann["bbox"][2] * ann["bbox"][3] * 0.53)
-    return load_coco(data)
+    data = dict(coco.dataset)
+    data["annotations"] = [{**a, "area": float(a["bbox"][2] * a["bbox"][3] * 0.53)} for a in data["annotations"]]
+    return build_coco(data)
 
 
 def results_to_coco(
@@ -80,29 +84,50 @@ def results_to_coco(
 def coco_eval_for(
     annotations: str | Path | Mapping | COCO, predictions: list[dict], spec: KeypointSpec,
     max_dets: int = 20, crowd_split: bool = False, image_ids: Sequence[int] | None = None,
+    area_ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> COCOeval:
-    """A configured (not yet run) ``COCOeval`` for keypoints with the layout's sigmas."""
-    gt = load_coco(annotations)
+    """A configured (not yet run) ``COCOeval`` for keypoints with the layout's sigmas.
+
+    ``area_ranges``: see :func:`evaluate_keypoints` (``None``: pycocotools' all/medium/large).
+    """
+    gt = load_coco(annotations, spec)
     if crowd_split:
         gt = _crowdpose_areas(gt)
     k = spec.num_keypoints
-    for pred in predictions[:1]:
-        if len(pred["keypoints"]) != 3 * k:
-            raise ValueError(f"predictions have {len(pred['keypoints']) // 3} keypoints, the '{spec.name}' "
-                             f"layout has {k}; evaluate with the layout the model was trained on")
+    wrong = [p for p in predictions if len(p["keypoints"]) != 3 * k]
+    if wrong:
+        raise ValueError(f"{len(wrong)} predictions have {len(wrong[0]['keypoints']) // 3} keypoints, the "
+                         f"'{spec.name}' layout has {k}; evaluate with the layout the model was trained on")
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(copy.deepcopy(predictions)) if predictions else load_coco(
+        dt = gt.loadRes(copy.deepcopy(predictions)) if predictions else build_coco(
             {"images": gt.dataset["images"], "annotations": [], "categories": gt.dataset["categories"]})
         ev = COCOeval(gt, dt, "keypoints")
     ev.params.kpt_oks_sigmas = spec.sigmas_array
     ev.params.maxDets = [int(max_dets)]
+    if area_ranges is not None:
+        ranges = _area_ranges(area_ranges)
+        ev.params.areaRng = [list(r) for r in ranges.values()]
+        ev.params.areaRngLbl = list(ranges)
     if image_ids is not None:
         ev.params.imgIds = sorted({int(i) for i in image_ids})
     return ev
 
 
+def _area_ranges(area_ranges: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
+    """Checked ranges with ``all`` first (added as ``[0, 1e10]`` when not given)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, rng in area_ranges.items():
+        values = list(rng)
+        if len(values) != 2 or not float(values[0]) < float(values[1]) or float(values[0]) < 0:
+            raise ValueError(f"area range '{name}': {values} is not [lo, hi] with 0 <= lo < hi (px^2 of the GT "
+                             "area), e.g. {'all': [0, 1e10]}")
+        ranges[str(name)] = (float(values[0]), float(values[1]))
+    return {"all": ranges.pop("all", COCO_AREA_RANGES["all"]), **ranges}
+
+
 def _summary(ev: COCOeval) -> dict[str, float]:
-    """AP/AR numbers from an accumulated ``COCOeval`` (area ranges all/medium/large, one maxDets)."""
+    """AP/AR numbers from an accumulated ``COCOeval`` (one maxDets): AP, AP50, AP75 on the ``all``
+    range, then AP of each further range; the same for AR (COCO: the names of :data:`COCO_NAMES`)."""
     prec, rec = ev.eval["precision"], ev.eval["recall"]  # [T, R, K, A, M], [T, K, A, M]
     thr = ev.params.iouThrs
     areas = list(ev.params.areaRngLbl)
@@ -119,32 +144,45 @@ def _summary(ev: COCOeval) -> dict[str, float]:
         s = rec[:, :, areas.index(area), 0]
         return mean(s if t is None else s[np.isclose(thr, t)])
 
-    values = (ap(), ap(0.5), ap(0.75), ap(area="medium"), ap(area="large"),
-              ar(), ar(0.5), ar(0.75), ar(area="medium"), ar(area="large"))
-    return dict(zip(COCO_NAMES, values))
+    others = [a for a in areas if a != "all"]
+    stats = {"AP": ap(), "AP50": ap(0.5), "AP75": ap(0.75)}
+    stats.update({"AP" + _AREA_SUFFIX.get(a, f"_{a}"): ap(area=a) for a in others})
+    stats.update({"AR": ar(), "AR50": ar(0.5), "AR75": ar(0.75)})
+    stats.update({"AR" + _AREA_SUFFIX.get(a, f"_{a}"): ar(area=a) for a in others})
+    return stats
 
 
 def evaluate_keypoints(
     annotations: str | Path | Mapping | COCO, predictions: list[dict], spec: KeypointSpec,
     max_dets: int = 20, crowd_split: bool | None = None, image_ids: Sequence[int] | None = None,
+    area_ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """Keypoint AP/AR of COCO-format predictions.
 
     Args:
-        annotations: GT (path, dict or ``COCO``).
+        annotations: GT (path, dict or ``COCO``); files lacking ``area``, ``bbox``, ``iscrowd`` or
+            ``num_keypoints`` are filled as in the data pipeline
+            (:func:`dekr.data.annotations.load_annotations`).
         predictions: COCO results (``image_id``, ``category_id``, ``keypoints`` [3K], ``score``).
         spec: layout (OKS sigmas).
         max_dets: detections per image counted (COCO 20; the reference's crowd tests use 30).
         crowd_split: CrowdPose rules and AP(E/M/H); ``None``: when the GT images carry ``crowdIndex``.
         image_ids: evaluate only these images (default: all GT images).
+        area_ranges: GT-area ranges (px^2), name -> ``[lo, hi]``. ``None``: COCO's
+            :data:`COCO_AREA_RANGES` (all, medium ``[32^2, 96^2]``, large ``[96^2, 1e10]``). Give e.g.
+            ``{"all": [0, 1e10]}`` for a layout whose sizes COCO's ranges do not fit (animals, insects);
+            ``all`` is added as ``[0, 1e10]`` when missing. AP/AP50/AP75 and AR/AR50/AR75 are computed
+            on ``all``; every other range adds ``AP<x>`` and ``AR<x>``, ``<x>`` being ``s``/``m``/``l``
+            for ``small``/``medium``/``large`` and ``_<name>`` otherwise.
 
     Returns:
-        ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl`` (+ ``AP(E), AP(M), AP(H)``).
+        Default ranges: ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl`` (+ ``AP(E), AP(M),
+        AP(H)``); with ``{"all": ...}`` only: ``AP, AP50, AP75, AR, AR50, AR75`` (+ the crowd ones).
     """
-    gt = load_coco(annotations)
+    gt = load_coco(annotations, spec)
     if crowd_split is None:
         crowd_split = any("crowdIndex" in im for im in gt.dataset.get("images", []))
-    ev = coco_eval_for(gt, predictions, spec, max_dets, crowd_split, image_ids)
+    ev = coco_eval_for(gt, predictions, spec, max_dets, crowd_split, image_ids, area_ranges)
     with contextlib.redirect_stdout(io.StringIO()):
         ev.evaluate()
         ev.accumulate()
@@ -185,6 +223,11 @@ class KeypointAP(Metric):
         spec: keypoint layout (sigmas, K).
         max_dets: detections per image counted.
         crowd_split: see :func:`evaluate_keypoints`.
+        area_ranges: GT-area ranges, name -> ``[lo, hi]``; ``None`` = COCO's all/medium/large (see
+            :func:`evaluate_keypoints`, which also says which stats each range adds).
+
+    The annotations go through :func:`dekr.data.annotations.load_annotations`, as in the data
+    pipeline: files lacking ``area``, ``iscrowd``, ``bbox`` or ``num_keypoints`` are accepted.
 
     ``update(image_ids, poses, scores)`` takes per-image ``poses [P, K, 3]`` in original pixels and
     ``scores [P]``; every image passed counts in the evaluation, with or without detections.
@@ -193,12 +236,14 @@ class KeypointAP(Metric):
     full_state_update = False
 
     def __init__(self, annotations: str | Path | Mapping, spec: KeypointSpec, max_dets: int = 20,
-                 crowd_split: bool | None = None, **kwargs: Any) -> None:
+                 crowd_split: bool | None = None, area_ranges: Mapping[str, Sequence[float]] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.annotations = annotations
         self.spec = spec
         self.max_dets = max_dets
         self.crowd_split = crowd_split
+        self.area_ranges = None if area_ranges is None else _area_ranges(area_ranges)  # checked now, not at compute
         # rows: [image_id, sample key, score, x0, y0, s0, ...]; keys make DDP duplicates detectable
         self.add_state("rows", default=[], dist_reduce_fx="cat")
         self.add_state("images", default=[], dist_reduce_fx="cat")
@@ -243,7 +288,8 @@ class KeypointAP(Metric):
 
     def compute(self) -> dict[str, float]:
         stats = evaluate_keypoints(self.annotations, self.predictions(), self.spec, self.max_dets,
-                                   self.crowd_split, image_ids=self.evaluated_images())
+                                   self.crowd_split, image_ids=self.evaluated_images(),
+                                   area_ranges=self.area_ranges)
         return {k: torch.tensor(v) for k, v in stats.items()}
 
 
@@ -262,5 +308,5 @@ def write_json(path: str | Path, obj: Any) -> None:
     path.write_text(json.dumps(obj))
 
 
-__all__ = ["COCO_NAMES", "CROWD_NAMES", "KeypointAP", "coco_eval_for", "evaluate_keypoints",
+__all__ = ["COCO_AREA_RANGES", "COCO_NAMES", "CROWD_NAMES", "KeypointAP", "coco_eval_for", "evaluate_keypoints",
            "format_table", "load_coco", "results_to_coco"]

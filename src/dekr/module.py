@@ -5,38 +5,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from dekr.inference.factory import decode_config
-from dekr.inference.predictor import PoseEstimator, PoseResult
-from dekr.keypoints import KeypointSpec, build_keypoint_spec
-from dekr.losses import DEKRLoss
+from dekr.codec import CodecConfig
+from dekr.inference.predictor import PoseEstimator, PoseResult, TestConfig
+from dekr.keypoints import KeypointSpec
 from dekr.metrics import KeypointAP
+from dekr.plaindata import plain
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss is NaN or infinite, before it can corrupt the weights."""
-
-
-def build_lr_lambda(
-    milestones: Sequence[int], gamma: float, warmup_steps: int, steps_per_epoch: int, warmup_ratio: float = 0.001
-):
-    """Per-step LR factor: linear warm-up over ``warmup_steps``, then ``gamma`` at each milestone epoch."""
-    milestones = sorted(int(m) for m in milestones)
-
-    def factor(step: int) -> float:
-        epoch = step // max(steps_per_epoch, 1)
-        decay = gamma ** sum(epoch >= m for m in milestones)
-        if warmup_steps > 0 and step < warmup_steps:
-            return decay * (warmup_ratio + (1 - warmup_ratio) * step / warmup_steps)
-        return decay
-
-    return factor
 
 
 class DEKRModule(pl.LightningModule):
@@ -44,16 +28,17 @@ class DEKRModule(pl.LightningModule):
 
     Args:
         net: the network, ``net(images) -> (heatmaps, offsets)`` (see :class:`dekr.model.DEKR`).
-        keypoints: keypoint layout (a :class:`KeypointSpec`, a built-in name or a mapping).
-        optimizer: ``{"lr", "weight_decay", "betas"}`` for Adam, with ``scale_lr`` (bool) and
-            ``base_batch_size``: when scaling, ``lr = lr * total_batch / base_batch_size``.
-        scheduler: ``{"milestones": [epochs], "gamma", "warmup_steps"}``.
-        loss: ``{"heatmap_factor", "offset_factor"}``.
-        decode: decoder thresholds (:class:`DecodeConfig` fields).
-        test: ``{"input_size", "flip", "scales", "batch_size"}`` for validation/test inference.
+        spec: keypoint layout.
+        codec: the codec settings (decoding at validation; stored in checkpoints).
+        test: validation/test inference settings (the ``test`` config group).
+        optimizer: ``params -> Optimizer`` (a ``_partial_`` config, e.g. ``torch.optim.Adam``).
+        scheduler: ``(optimizer, steps_per_epoch) -> LRScheduler`` stepped every step (a ``_partial_``
+            config, e.g. :func:`dekr.schedule.step_schedule`).
+        loss: the training loss, ``loss(heatmaps, offsets, batch) -> {"heatmap", "offset", "total"}``.
+        lr_scaling: ``{"enabled", "base_batch_size"}``: when enabled the optimizer's learning rates are
+            multiplied by ``total_batch / base_batch_size``.
         val_annotations: COCO-format GT for the AP metric; read from the datamodule's
-            ``val_annotations`` attribute when omitted.
-        max_dets: detections per image counted by the metric (COCO: 20).
+            ``annotation_file`` when omitted.
 
     Logged: ``train/loss``, ``train/loss_heatmap``, ``train/loss_offset``, ``train/images_per_s``,
     ``lr``, and at validation ``val/AP``, ``val/AP50``, ... and ``val/AP_best``.
@@ -62,33 +47,25 @@ class DEKRModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        keypoints: KeypointSpec | Mapping | str = "coco",
-        optimizer: Mapping | None = None,
-        scheduler: Mapping | None = None,
-        loss: Mapping | None = None,
-        decode: Mapping | None = None,
-        test: Mapping | None = None,
+        spec: KeypointSpec,
+        codec: CodecConfig,
+        test: TestConfig,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
+        loss: nn.Module,
+        lr_scaling: Mapping[str, Any] | None = None,
         val_annotations: str | None = None,
-        max_dets: int = 20,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "keypoints"])
         self.net = net
-        self.spec = build_keypoint_spec(keypoints)
-        self.hparams["keypoints"] = {k: _plain(v) for k, v in dataclasses.asdict(self.spec).items()}
-        if getattr(net, "num_keypoints", self.spec.num_keypoints) != self.spec.num_keypoints:
-            raise ValueError(
-                f"model predicts {net.num_keypoints} keypoints but the data declares {self.spec.num_keypoints} "
-                f"({self.spec.name}); set model.num_keypoints to match"
-            )
-        self.optim_cfg = {"lr": 1e-3, "weight_decay": 0.0, "betas": (0.9, 0.999), "scale_lr": False,
-                          "base_batch_size": 40, **dict(optimizer or {})}
-        self.sched_cfg = {"milestones": [90, 120], "gamma": 0.1, "warmup_steps": 0, **dict(scheduler or {})}
-        self.loss_fn = DEKRLoss(**dict(loss or {}))
-        self.decode_cfg = decode_config(decode)
-        self.test_cfg = {"input_size": 512, "flip": True, "scales": [1.0], "batch_size": 4, **dict(test or {})}
+        self.spec = spec
+        self.codec = codec
+        self.test_cfg = test
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.loss_fn = loss
+        self.lr_scaling = dict(lr_scaling or {"enabled": False})
         self.val_annotations = val_annotations
-        self.max_dets = max_dets
         self.metric: KeypointAP | None = None
         self.best_ap = -1.0
         self._t_last: float | None = None
@@ -126,17 +103,13 @@ class DEKRModule(pl.LightningModule):
         self._t_last = None
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_cfg
-        lr = float(cfg["lr"])
-        if cfg.get("scale_lr"):
-            total = self._total_batch_size()
-            lr = lr * total / float(cfg["base_batch_size"])
-        opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=float(cfg["weight_decay"]),
-                               betas=tuple(cfg["betas"]))
-        steps_per_epoch = self._steps_per_epoch()
-        lam = build_lr_lambda(self.sched_cfg["milestones"], float(self.sched_cfg["gamma"]),
-                              int(self.sched_cfg["warmup_steps"]), steps_per_epoch)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+        opt = self.optimizer_factory(self.parameters())
+        if self.lr_scaling.get("enabled"):
+            factor = self._total_batch_size() / float(self.lr_scaling["base_batch_size"])
+            for group in opt.param_groups:
+                group["lr"] *= factor
+                group["initial_lr"] = group["lr"]
+        sched = self.scheduler_factory(opt, steps_per_epoch=self._steps_per_epoch())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
 
     def _total_batch_size(self) -> int:
@@ -157,10 +130,7 @@ class DEKRModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def estimator(self) -> PoseEstimator:
-        t = self.test_cfg
-        return PoseEstimator(self.net, self.spec, self.decode_cfg, input_size=int(t["input_size"]),
-                             flip_test=bool(t["flip"]), scales=tuple(float(s) for s in t["scales"]),
-                             device=self.device, batch_size=int(t["batch_size"]))
+        return PoseEstimator(self.net, self.spec, self.codec, self.test_cfg, device=self.device)
 
     def _make_metric(self, split: str = "val") -> KeypointAP:
         annotations = self.val_annotations
@@ -169,7 +139,7 @@ class DEKRModule(pl.LightningModule):
             annotations = dm.annotation_file(split)
         if annotations is None:
             raise ValueError("no validation annotations: pass val_annotations or use a datamodule that has them")
-        return KeypointAP(annotations, self.spec, max_dets=self.max_dets).to(self.device)
+        return KeypointAP(annotations, self.spec, max_dets=self.test_cfg.max_dets).to(self.device)
 
     def on_validation_epoch_start(self, split: str = "val") -> None:
         self.metric = self._make_metric(split)
@@ -207,14 +177,13 @@ class DEKRModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_ap"] = self.best_ap
-        checkpoint["dekr_model"] = dict(getattr(self.net, "config", {}) or {})
-        checkpoint["dekr_keypoints"] = self.spec.name
+        # plain data only (read back with weights_only=True, never instantiated)
+        checkpoint["dekr"] = {
+            "network": dict(getattr(self.net, "arguments", {}) or {}),
+            "keypoints": plain(dataclasses.asdict(self.spec)),
+            "codec": self.codec.to_dict(),
+            "test": plain(dataclasses.asdict(self.test_cfg)),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_ap = float(checkpoint.get("best_ap", -1.0))
-
-
-def _plain(value: Any) -> Any:
-    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-

@@ -2,15 +2,19 @@
 
 A *training* sample (dict of tensors) holds ``image [3, S, S]``, the loss mask ``heatmap_mask
 [S/4, S/4]`` and the compact DEKR targets (``heatmaps``, ``offset_pixel``, ``offset_target``,
-``offset_weight``, see :mod:`dekr.targets`); :func:`train_collate` batches them.
+``offset_weight``, see :mod:`dekr.codec.encode`); :func:`train_collate` batches them.
 An *evaluation* sample (dict) holds ``image_id``, ``image`` (uint8 ``[H, W, 3]`` RGB, original
 size) and, when the annotation file has it, ``crowd_index`` (CrowdPose); see ``CONVENTIONS.md``.
+
+Annotation files are read by :func:`dekr.data.annotations.load_annotations`, the reader the metric
+uses too: every annotation is validated and missing ``area``/``bbox``/``iscrowd``/``num_keypoints``
+are filled (``python -m dekr.data.check`` shows what and where).
 
 Annotation handling, as the reference:
 
 * people = annotations that are not crowds or have labelled keypoints; all of them feed the
   targets (their ``[P, K, 3]`` keypoints, their centre and "area", see
-  :func:`dekr.targets.person_centers_and_areas`);
+  :func:`dekr.codec.encode.person_centers_and_areas`);
 * the loss mask (``ignore_unlabelled=True``) is 0 on crowd regions and on people without labelled
   keypoints (segmentation polygons or RLE via pycocotools; an annotation without segmentation
   falls back to its ``bbox``); the reference's CrowdPose loader uses no mask
@@ -23,8 +27,6 @@ the next image, evaluation yields ``None`` (dropped by :func:`eval_collate`).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import os
@@ -40,9 +42,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
+from dekr.data.annotations import build_coco, load_annotations
 from dekr.data.transforms import TrainTransform
 from dekr.keypoints import KeypointSpec
-from dekr.targets import TargetEncoder
+from dekr.codec.encode import TargetEncoder
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +65,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray | None:
 
 
 def load_coco(ann_file: str | os.PathLike, spec: KeypointSpec) -> COCO:
-    """Load a COCO-format keypoint file quietly and check its keypoint count against ``spec``."""
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"annotation file not found: {path}. Download the dataset (see conf/data/*.yaml for the "
-            "expected layout) or set data.root / data.*_ann to where it is."
-        )
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(path))
-    k = spec.num_keypoints
-    for cat in coco.loadCats(coco.getCatIds()):
-        names = cat.get("keypoints")
-        if names and len(names) != k:
-            raise ValueError(
-                f"{path}: category '{cat.get('name')}' declares {len(names)} keypoints but the keypoint "
-                f"spec '{spec.name}' has {k}; set data.keypoints to match the dataset"
-            )
-    for ann in coco.dataset.get("annotations", [])[:50]:
-        if "keypoints" in ann and len(ann["keypoints"]) != 3 * k:
-            raise ValueError(
-                f"{path}: annotation {ann.get('id')} has {len(ann['keypoints']) // 3} keypoints, the spec "
-                f"'{spec.name}' {k}; set data.keypoints to match the dataset"
-            )
-    return coco
+    """Read, validate and normalise a COCO-format keypoint file for ``spec`` (quietly).
+
+    See :func:`dekr.data.annotations.load_annotations` (the same reader the metric uses): missing
+    ``area``/``bbox``/``iscrowd``/``num_keypoints`` are filled, every annotation is checked, and a bad
+    file raises :class:`~dekr.data.annotations.AnnotationError` naming the annotation ids and the fix.
+    """
+    dataset, _ = load_annotations(ann_file, spec, need_file_names=True)
+    return build_coco(dataset)
 
 
 def people_arrays(anns: Sequence[dict], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,13 +208,14 @@ class CocoKeypointDataset(Dataset):
         kpts, ann_areas = people_arrays(people, self.spec.num_keypoints)
         return {"image_id": image_id, "image": image, "keypoints": kpts, "ann_areas": ann_areas, "mask": mask}
 
-    def train_sample(self, raw: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Augment one raw sample and encode its targets."""
+    def train_sample(self, raw: dict[str, Any], seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Augment one raw sample (with the augmentation ``seed`` when given) and encode its targets."""
         assert self.transform is not None and self.encoder is not None
         centers, areas = self.encoder.centers_and_areas(raw["keypoints"], raw["ann_areas"])
-        aug = self.transform(raw["image"], raw["mask"], raw["keypoints"], centers, areas)
+        aug = self.transform(raw["image"], raw["mask"], raw["keypoints"], centers, areas, seed=seed)
         targets = self.encoder.encode(aug.keypoints, aug.centers, aug.areas)
         return {
+            "image_id": torch.tensor(int(raw["image_id"])),
             "image": torch.from_numpy(aug.image),
             "heatmap_mask": torch.from_numpy(aug.mask),
             **{key: torch.from_numpy(value) for key, value in targets.items()},
@@ -255,7 +243,7 @@ class CocoKeypointDataset(Dataset):
         if not self.train:
             raw = self.raw_sample(index)
             return None if raw is None else self.eval_sample(raw)
-        return self.train_sample(self._readable_raw(index))
+        return self.train_sample(self._readable_raw(index), seed=getattr(index, "seed", None))
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any] | None]:
         """A whole batch at once (used by the DataLoader): the targets of all its images are encoded
@@ -278,7 +266,8 @@ class CocoKeypointDataset(Dataset):
         for i, raw in enumerate(raws):
             centers, areas = self.encoder.centers_and_areas(raw["keypoints"], raw["ann_areas"])
             aug = self.transform(
-                raw["image"], raw["mask"], raw["keypoints"], centers, areas, image_out=batch["image"][i].numpy()
+                raw["image"], raw["mask"], raw["keypoints"], centers, areas, image_out=batch["image"][i].numpy(),
+                seed=getattr(indices[i], "seed", None),  # per-sample seed from the sampler (SeededIndex)
             )
             batch["heatmap_mask"][i] = torch.from_numpy(aug.mask)
             augmented.append(aug)
@@ -288,7 +277,8 @@ class CocoKeypointDataset(Dataset):
             [a.areas for a in augmented],
             heatmaps_out=batch["heatmaps"].numpy(),
         )
-        samples = [{key: value[i] for key, value in batch.items()} for i in range(b)]
+        samples = [{"image_id": torch.tensor(int(raw["image_id"])), **{key: value[i] for key, value in batch.items()}}
+                   for i, raw in enumerate(raws)]
         ends = np.cumsum(targets["offset_counts"])
         pixel = targets["offset_pixel"] - np.repeat(np.arange(b) * (h * w), targets["offset_counts"])
         for key, values in (("offset_pixel", pixel), ("offset_target", targets["offset_target"]),

@@ -4,25 +4,31 @@ Layout: ``root/<*_ann>`` annotation files and ``root/<*_images>`` image folders 
 ``root``, or absolute). Training batches are dicts of stacked tensors (``CONVENTIONS.md``);
 validation and test batches are lists of evaluation samples (:func:`dekr.data.coco.eval_collate`).
 
-DDP: nothing here depends on the rank; Lightning inserts distributed samplers. Synthetic data
+Training order and augmentation are functions of (seed, epoch, index) only (:class:`ResumableSampler`),
+so a run resumed mid-epoch continues at the right batch with the same images and the same random
+crops as an uninterrupted one. DDP: the training sampler shards itself (rank-strided, as
+``DistributedSampler``); Lightning inserts distributed samplers for evaluation. Synthetic data
 (``synthetic: {...}``) is generated in :meth:`prepare_data` (rank 0, once per node) and is
 idempotent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dekr.data.coco import CocoKeypointDataset, eval_collate, train_collate
 from dekr.data.transforms import TrainTransform
 from dekr.keypoints import KeypointSpec, build_keypoint_spec
-from dekr.targets import COCO_MIN_CENTER_AREA, TargetEncoder
+from dekr.codec import CodecConfig, TargetEncoder, default_codec_config
+from dekr.codec.encode import COCO_MIN_CENTER_AREA
 
 
 def _plain(node: Any) -> Any:
@@ -37,6 +43,55 @@ def _plain(node: Any) -> Any:
     return node
 
 
+class SeededIndex(int):
+    """A dataset index that carries the seed of its sample's augmentation (``.seed``)."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SeededIndex:
+        obj = super().__new__(cls, index)
+        obj.seed = seed
+        return obj
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:  # through the loader workers' queues
+        return SeededIndex, (int(self), self.seed)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Augmentation seed of sample ``index`` in ``epoch``: independent of worker, rank and position."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1)[0])
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled training indices whose order is a function of ``(seed, epoch)`` only (the order of
+    ``DistributedSampler``: one ``randperm`` per epoch, padded and strided over ``num_replicas``),
+    each yielded as a :class:`SeededIndex` with its :func:`sample_seed`.
+
+    ``position()`` (called when iteration starts) returns ``(epoch, batches_done)``: the epoch to
+    iterate and how many of its ``batch_size`` batches are already done; those are skipped, so a
+    run restored mid-epoch continues with the next batch. Without it the epoch of
+    :meth:`set_epoch` is used from its start. ``len()`` is always the whole epoch.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 position: Callable[[], tuple[int, int]] | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.batch_size = batch_size
+        self.position = position
+
+    def __iter__(self) -> Iterator[SeededIndex]:
+        epoch, done = self.position() if self.position is not None else (self.epoch, 0)
+        self.epoch = epoch
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch)
+        order = torch.randperm(len(self.dataset), generator=g).tolist()  # type: ignore[arg-type]
+        pad = self.total_size - len(order)
+        order += (order * (pad // max(len(order), 1) + 1))[:pad]
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        for i in mine[min(done * self.batch_size, len(mine)) :]:
+            yield SeededIndex(i, sample_seed(self.seed, epoch, i))
+
+
 class DEKRDataModule(pl.LightningDataModule):
     """Train/val/test data of one COCO-format keypoint dataset.
 
@@ -47,13 +102,12 @@ class DEKRDataModule(pl.LightningDataModule):
         train_ann, train_images, val_ann, val_images, test_ann, test_images: paths relative to
             ``root`` (or absolute); test defaults to val.
         input_size: square network input side (512 or 640; smaller for synthetic data).
-        stride: output stride (4).
+        codec: the codec settings (stride, input normalisation, target encoding; a
+            :class:`~dekr.codec.CodecConfig` or a ``codec`` config node); ``None``: the defaults.
         batch_size: training batch size per process; ``val_batch_size`` for evaluation lists.
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         augmentation: :class:`~dekr.data.transforms.TrainTransform` options (scale, rotation,
             translation, flip probability, ``flip_label_shift``).
-        targets: :class:`~dekr.targets.TargetEncoder` options (``sigma``, ``radius``, ``bg_weight``,
-            ``window``, ``area_mode``, ``fix_zero_keypoint_center``).
         min_center_area: people with a smaller annotation area get no centre (COCO 1024, CrowdPose 0).
         ignore_unlabelled: loss mask from crowds and people without keypoints.
         skip_empty_train: drop training images without annotations.
@@ -72,14 +126,13 @@ class DEKRDataModule(pl.LightningDataModule):
         test_ann: str | None = None,
         test_images: str | None = None,
         input_size: int = 512,
-        stride: int = 4,
+        codec: CodecConfig | Mapping | None = None,
         batch_size: int = 10,
         val_batch_size: int = 1,
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         augmentation: Mapping | None = None,
-        targets: Mapping | None = None,
         min_center_area: float = COCO_MIN_CENTER_AREA,
         ignore_unlabelled: bool = True,
         skip_empty_train: bool = True,
@@ -94,14 +147,16 @@ class DEKRDataModule(pl.LightningDataModule):
             "test": (test_ann or val_ann, test_images or val_images),
         }
         self.input_size = input_size
-        self.stride = stride
+        if codec is None:
+            codec = default_codec_config()
+        self.codec = codec if isinstance(codec, CodecConfig) else CodecConfig.from_mapping(codec)
+        self.stride = self.codec.stride
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.augmentation = dict(_plain(augmentation) or {})
-        self.target_options = dict(_plain(targets) or {})
         self.min_center_area = min_center_area
         self.ignore_unlabelled = ignore_unlabelled
         self.skip_empty_train = skip_empty_train
@@ -121,14 +176,11 @@ class DEKRDataModule(pl.LightningDataModule):
         if self.synthetic is not None:
             from dekr.data.synthetic import generate_synthetic
 
-            generate_synthetic(self.root, **self.synthetic)
+            generate_synthetic(self.root, keypoints=self.spec, **self.synthetic)
 
     def make_encoder(self) -> TargetEncoder:
         return TargetEncoder(
-            self.spec,
-            self.input_size // self.stride,
-            min_center_area=self.min_center_area,
-            **self.target_options,
+            self.spec, self.input_size // self.stride, self.codec.targets, min_center_area=self.min_center_area
         )
 
     def make_dataset(self, split: str) -> CocoKeypointDataset:
@@ -147,7 +199,7 @@ class DEKRDataModule(pl.LightningDataModule):
             images,
             self.spec,
             train=train,
-            transform=TrainTransform(self.spec, self.input_size, self.stride, **self.augmentation) if train else None,
+            transform=TrainTransform(self.spec, self.input_size, self.stride, norm=self.codec.input, **self.augmentation) if train else None,
             encoder=self.make_encoder() if train else None,
             skip_empty=self.skip_empty_train if train else False,
             ignore_unlabelled=self.ignore_unlabelled,
@@ -163,22 +215,48 @@ class DEKRDataModule(pl.LightningDataModule):
     def _loader(self, split: str, **kwargs: Any) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        # the loader's own generator draws the worker base seed: iterating never moves the global RNG
+        generator = torch.Generator().manual_seed(_global_seed())
         return DataLoader(
             self.datasets[split],
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
+            generator=generator,
             **kwargs,
         )
 
+    def _train_position(self) -> tuple[int, int]:
+        """``(epoch, batches done in it)`` of the attached trainer's fit loop, read when the training
+        sampler starts an epoch: after a restore these are the checkpoint's counters (a checkpoint
+        written after an epoch's last batch counts as the next epoch's start)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        loop = trainer.fit_loop
+        epoch = loop.epoch_progress.current
+        done = loop.epoch_loop.batch_progress.current.processed if epoch.processed == epoch.completed else 0
+        return int(epoch.processed), int(done)
+
     def train_dataloader(self) -> DataLoader:
-        drop_last = len(self.datasets.get("train", ())) > self.batch_size
-        return self._loader(
-            "train", batch_size=self.batch_size, shuffle=True, drop_last=drop_last, collate_fn=train_collate
-        )
+        if "train" not in self.datasets:
+            self.setup("fit")
+        dataset = self.datasets["train"]
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(dataset, self.batch_size, num_replicas=replicas, rank=rank, seed=_global_seed(),
+                                   position=self._train_position if trainer is not None else None)
+        drop_last = len(sampler) > self.batch_size
+        return self._loader("train", batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
+                            collate_fn=train_collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", batch_size=self.val_batch_size, shuffle=False, collate_fn=eval_collate)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", batch_size=self.val_batch_size, shuffle=False, collate_fn=eval_collate)
+
+
+def _global_seed() -> int:
+    """The seed of ``pl.seed_everything`` (``PL_GLOBAL_SEED``), 0 when none was set."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))

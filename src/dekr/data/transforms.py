@@ -35,6 +35,7 @@ mask, keypoints and targets equal the reference's (tested against stored officia
 from __future__ import annotations
 
 import os
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,26 +43,27 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from dekr.codec.config import InputConfig, default_codec_config
 from dekr.keypoints import KeypointSpec
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+@functools.lru_cache(maxsize=8)
+def _normalize_luts(mean: tuple[float, ...], std: tuple[float, ...]) -> list[np.ndarray]:
+    m32, s32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return [
+        np.ascontiguousarray(((np.arange(256, dtype=np.float32) / 255.0 - m) / sd).astype(np.float32).reshape(256, 1))
+        for m, sd in zip(m32, s32)
+    ]
 
 
-_NORMALIZE_LUTS = [
-    np.ascontiguousarray(((np.arange(256, dtype=np.float32) / 255.0 - m) / sd).astype(np.float32).reshape(256, 1))
-    for m, sd in zip(IMAGENET_MEAN, IMAGENET_STD)
-]
-
-
-def normalize_image(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` RGB -> ImageNet-normalised float32 ``[3, H, W]``, written into ``out``
-    when given (C-contiguous). One table lookup per channel, straight into the CHW planes; the
-    values equal ``(x / 255 - mean) / std`` in float32 (torchvision's ``to_tensor`` + ``normalize``)."""
+def normalize_image(image: np.ndarray, norm: InputConfig, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB -> float32 ``[3, H, W]`` normalised with the codec's ``norm.mean``/``std``,
+    written into ``out`` when given (C-contiguous). One table lookup per channel, straight into the
+    CHW planes; the values equal ``(x / 255 - mean) / std`` in float32 (torchvision's ``to_tensor`` +
+    ``normalize``)."""
     h, w = image.shape[:2]
     if out is None:
         out = np.empty((3, h, w), dtype=np.float32)
-    for c, lut in enumerate(_NORMALIZE_LUTS):
+    for c, lut in enumerate(_normalize_luts(tuple(norm.mean), tuple(norm.std))):
         cv2.LUT(cv2.extractChannel(image, c), lut, dst=out[c])
     return out
 
@@ -199,20 +201,23 @@ class TrainTransform:
     Args:
         spec: keypoint layout (flip pairs).
         input_size: side ``S`` of the square network input.
-        stride: output stride (4).
+        stride: output stride (the codec's).
+        norm: input normalisation (the codec's ``input``); ``None``: the codec group's defaults.
         min_scale, max_scale, max_rotation, max_translate, scale_type: the affine recipe.
         flip_prob: horizontal flip probability (0 when the spec has no flip pairs).
         flip_label_shift: ``"reference"`` (3 px at stride 4) or ``"consistent"`` (0), or a number of
             input px.
         seed: seed of the augmentation RNG; ``None`` draws one from ``torch.initial_seed()`` in each
-            process (DataLoader workers get distinct streams).
+            process (DataLoader workers get distinct streams). A per-call ``seed`` (see
+            :meth:`__call__`) overrides both: the training loader passes one per sample, from
+            (seed, epoch, index), so a sample's augmentation does not depend on worker or position.
     """
 
     def __init__(
         self,
         spec: KeypointSpec,
-        input_size: int = 512,
-        stride: int = 4,
+        input_size: int,
+        stride: int,
         min_scale: float = 0.75,
         max_scale: float = 1.5,
         max_rotation: float = 30.0,
@@ -221,12 +226,14 @@ class TrainTransform:
         flip_prob: float = 0.5,
         flip_label_shift: Literal["reference", "consistent"] | float = "reference",
         seed: int | None = None,
+        norm: InputConfig | None = None,
     ) -> None:
         if input_size % stride:
             raise ValueError(f"input_size {input_size} must be a multiple of the output stride {stride}")
         self.spec = spec
         self.input_size = input_size
         self.stride = stride
+        self.norm = norm or default_codec_config().input
         if flip_label_shift == "reference":
             shift = float(stride - 1)
         elif flip_label_shift == "consistent":
@@ -264,6 +271,7 @@ class TrainTransform:
         centers: np.ndarray,
         areas: np.ndarray,
         image_out: np.ndarray | None = None,
+        seed: int | None = None,
     ) -> TrainSample:
         """Augment one image.
 
@@ -272,8 +280,14 @@ class TrainTransform:
             mask: ``[H, W]`` loss mask (bool or 0/1), 0 on ignored regions.
             keypoints: ``[P, K, 3]`` in original px; centers ``[P, 3]``; areas ``[P]`` (original px^2).
             image_out: optional float32 ``[3, S, S]`` array that receives the normalised image.
+            seed: draw this sample's parameters from a generator seeded with it (reproducible per
+                sample); ``None`` continues the process's stream.
         """
-        self._ensure_seeded()
+        if seed is not None:
+            self.compose.set_random_seed(int(seed))
+            self._seeded_pid = os.getpid()
+        else:
+            self._ensure_seeded()
         out = self.compose(image=image, mask=np.asarray(mask, dtype=np.uint8))
         applied = dict(out["applied_transforms"])
         flipped = "FlipWithPairs" in applied
@@ -337,7 +351,7 @@ class TrainTransform:
         vis[:, :k] = np.where(inside[:, :k], vis[:, :k], 0.0)
         joints = np.concatenate([xy / self.stride, vis[:, :, None]], axis=2)
         return TrainSample(
-            image=normalize_image(image, image_out),
+            image=normalize_image(image, self.norm, image_out),
             mask=mask.astype(np.float32),
             keypoints=joints[:, :k],
             centers=joints[:, k],

@@ -21,13 +21,12 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from dekr.deploy.export import ExportResult, build_model, export_onnx, verify_onnx
+    from dekr.deploy.export import ExportResult, export_onnx, verify_onnx
     from dekr.deploy.onnx_backend import OnnxModel
     from dekr.deploy.speed import InferenceModel, optimize_for_inference
 
 _LAZY = {
     "export_onnx": "dekr.deploy.export",
-    "build_model": "dekr.deploy.export",
     "verify_onnx": "dekr.deploy.export",
     "ExportResult": "dekr.deploy.export",
     "ExportError": "dekr.deploy.export",
@@ -48,7 +47,7 @@ def __getattr__(name: str) -> Any:
 def load_backend(
     kind: str = "torch",
     *,
-    model: nn.Module | Mapping[str, Any] | None = None,
+    model: nn.Module | None = None,
     checkpoint: str | Path | None = None,
     onnx_path: str | Path | None = None,
     device: str | torch.device | None = None,
@@ -62,7 +61,7 @@ def load_backend(
 
     Args:
         kind: ``"torch"`` (PyTorch network) or ``"onnx"`` (an exported file run by onnxruntime).
-        model: torch only: an ``nn.Module``, DEKR kwargs or a Hydra node (``_target_: dekr.model.DEKR``).
+        model: torch only: the network (build one with :func:`dekr.model.build.build_network`).
         checkpoint: torch only: weights loaded strictly into ``model`` (None: keep its weights).
         onnx_path: onnx only: the ``.onnx`` file.
         device: torch only: where the network runs (default CPU, or the module's device).
@@ -86,14 +85,14 @@ def load_backend(
 
         return OnnxModel(onnx_path, providers=providers, intra_op_num_threads=threads)
     if model is None:
-        raise ValueError("backend=torch needs a model (module, DEKR kwargs or model config)")
-    from dekr.deploy.export import build_model
+        raise ValueError("backend=torch needs a model (see dekr.model.build.build_network)")
     from dekr.deploy.speed import optimize_for_inference
+    from dekr.model.checkpoint import load_weights
 
-    net = build_model(model, checkpoint)
+    net = load_weights(model, checkpoint) if checkpoint is not None else model
     return optimize_for_inference(net, channels_last=channels_last, compile=compile,
                                   precision=precision, device=device)  # type: ignore[arg-type]
 
 
-__all__ = ["BACKENDS", "ExportResult", "InferenceModel", "OnnxModel", "build_model", "export_onnx",
+__all__ = ["BACKENDS", "ExportResult", "InferenceModel", "OnnxModel", "export_onnx",
            "load_backend", "optimize_for_inference", "verify_onnx"]

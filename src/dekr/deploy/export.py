@@ -37,11 +37,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dekr.model import adaptive
-from dekr.model.adaptive import GroupedAdaptiveBlock, sampling_displacements
+from dekr.codec import CodecConfig, default_codec_config
+from dekr.model.adaptive import GroupedAdaptiveBlock
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,6 @@ MIN_OPSET = {"deform": 19, "grid_sample": 16}
 DEFAULT_OPSET = {"deform": 19, "grid_sample": 18}
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("heatmaps", "offsets")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ExportError(RuntimeError):
@@ -99,63 +96,19 @@ class ExportResult:
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- export-only graph pieces
-class _MatmulAdaptiveBlock(nn.Module):
-    """Export form of :class:`GroupedAdaptiveBlock` for the ``grid_sample`` graph.
-
-    Same parameters (shared, not copied) and the same function: the 9 taps of every branch are
-    sampled by one ``grid_sample`` and contracted with the weights by one batched ``matmul``
-    ``[1, G, Co, C*9] @ [N, G, C*9, H*W]`` instead of an ``einsum``.
-    """
-
-    def __init__(self, block: GroupedAdaptiveBlock) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, G*C, H, W] -> [N, G*C, H, W]``."""
-        b = self.block
-        dy, dx = sampling_displacements(b.transform(x), b.grid.to(x.dtype), b.groups)
-        n, g, _, h, w = dy.shape
-        c = x.shape[1] // g
-        co = b.weight.shape[0] // g
-        ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, 1, h, 1)
-        xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, 1, w)
-        grid = b.grid.to(x.dtype) * b.dilation  # [2, 9] rows (y, x)
-        py = ys + grid[0].view(1, 1, 9, 1, 1) + dy
-        px = xs + grid[1].view(1, 1, 9, 1, 1) + dx
-        sample_grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
-        sampled = F.grid_sample(
-            x.reshape(n * g, c, h, w), sample_grid.reshape(n * g, 9 * h, w, 2),
-            mode="bilinear", padding_mode="zeros", align_corners=False,
-        )  # [N*G, C, 9*H, W], channel-major then tap: matches weight.view(G, Co, C*9)
-        out = torch.matmul(b.weight.reshape(1, g, co, c * 9), sampled.reshape(n, g, c * 9, h * w))
-        return F.relu(b.bn(out.reshape(n, g * co, h, w)) + x)
-
-
-def _native_matmul_kernel() -> bool:
-    """Whether the model's own ``grid_sample`` kernel already contracts with a matmul (no ``einsum``)."""
-    return hasattr(adaptive, "sampling_grid")
-
-
 def prepare_for_export(model: nn.Module, impl: str = "deform") -> nn.Module:
     """A CPU, float32, eval-mode copy of ``model`` whose adaptive convolutions use ``impl``'s graph.
 
-    For ``grid_sample`` the blocks are wrapped in :class:`_MatmulAdaptiveBlock` unless the model's own
-    kernel is already GridSample + MatMul. ``model`` itself is left untouched. Raises ``ValueError``
-    for an unknown ``impl``.
+    ``grid_sample`` exports the model's own GridSample + MatMul kernel, ``deform`` the ONNX DeformConv.
+    ``model`` itself is left untouched. Raises ``ValueError`` for an unknown ``impl``.
     """
     if impl not in IMPLS:
         raise ValueError(f"adaptive_impl must be one of {IMPLS}, got '{impl}'")
     net = copy.deepcopy(model).float().cpu().eval()
     net = net.to(memory_format=torch.contiguous_format)
-    blocks = [(name, m) for name, m in net.named_modules() if isinstance(m, GroupedAdaptiveBlock)]
-    for name, block in blocks:
-        block.impl = impl
-        if impl == "grid_sample" and not _native_matmul_kernel():
-            parent_name, _, child = name.rpartition(".")
-            parent = net.get_submodule(parent_name) if parent_name else net
-            setattr(parent, child, _MatmulAdaptiveBlock(block))
+    for block in net.modules():
+        if isinstance(block, GroupedAdaptiveBlock):
+            block.impl = impl
     return net
 
 
@@ -190,77 +143,6 @@ def deform_translation(force: bool = False) -> dict | None:
 
 
 # --------------------------------------------------------------------------- model + weights
-def build_model(
-    model: nn.Module | Mapping[str, Any] | None = None,
-    checkpoint: str | Path | None = None,
-    model_from_checkpoint: bool = False,
-) -> nn.Module:
-    """A DEKR network with weights, for export.
-
-    Args:
-        model: an ``nn.Module``; or DEKR constructor kwargs; or a Hydra node with
-            ``_target_: dekr.model.DEKR`` (a node holding the network under ``net``/``network`` also
-            works). ``None`` requires ``checkpoint`` and ``model_from_checkpoint``.
-        checkpoint: a Lightning ``.ckpt``, a file made by ``python -m dekr.convert`` or a plain
-            ``state_dict``; loaded strictly (clear error on any mismatch).
-        model_from_checkpoint: build the architecture from the checkpoint itself (the ``model``
-            kwargs a converted file stores, else :func:`dekr.convert.infer_model_kwargs`) instead of
-            ``model``; ``adaptive_impl`` is irrelevant for export.
-    """
-    from dekr.model import DEKR
-    from dekr.model.checkpoint import load_weights, read_state_dict, stored_model_kwargs
-
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise FileNotFoundError(
-                f"checkpoint not found: {checkpoint}. Pass a trained .ckpt, a file made by "
-                "`python -m dekr.convert`, or checkpoint=null to export untrained weights."
-            )
-    if model_from_checkpoint:
-        if checkpoint is None:
-            raise ValueError("model_from_checkpoint=true needs a checkpoint")
-        from dekr.convert import infer_model_kwargs
-
-        kwargs = stored_model_kwargs(checkpoint) or infer_model_kwargs(read_state_dict(checkpoint))
-        net: nn.Module = DEKR(**dict(kwargs))
-    elif isinstance(model, nn.Module):
-        net = model
-    elif isinstance(model, Mapping):
-        net = _instantiate(model)
-    else:
-        raise ValueError("build_model needs a model (module, kwargs or config) or model_from_checkpoint=True")
-    if checkpoint is not None:
-        load_weights(net, checkpoint)
-    return net.eval()
-
-
-def _instantiate(node: Mapping[str, Any]) -> nn.Module:
-    """DEKR from kwargs or a Hydra node (``_target_`` at the top or under ``net``/``network``)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(node, DictConfig):
-            node = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    node = dict(node)
-    target = node.get("_target_")
-    if target is None:
-        for key in ("net", "network"):
-            if isinstance(node.get(key), Mapping):
-                return _instantiate(node[key])
-        from dekr.model import DEKR
-
-        return DEKR(**node)
-    import hydra
-
-    net = hydra.utils.instantiate(node)
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"model config _target_ {target} built a {type(net).__name__}, not a network")
-    return net
-
-
 # --------------------------------------------------------------------------- export
 def _size2(size: int | Sequence[int]) -> tuple[int, int]:
     h, w = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
@@ -269,13 +151,14 @@ def _size2(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def _metadata(model: nn.Module, impl: str, model_kwargs: Mapping[str, Any] | None) -> dict[str, str]:
+def _metadata(model: nn.Module, impl: str, model_kwargs: Mapping[str, Any] | None, codec: CodecConfig) -> dict[str, str]:
     meta = {
         "dekr.adaptive_impl": impl,
-        "dekr.stride": "4",
-        "dekr.input_mean": json.dumps(list(IMAGENET_MEAN)),
-        "dekr.input_std": json.dumps(list(IMAGENET_STD)),
-        "dekr.input_layout": "RGB float32 [N, 3, H, W], ImageNet-normalised, H and W multiples of 32",
+        "dekr.stride": str(int(getattr(model, "stride", codec.stride))),
+        "dekr.input_mean": json.dumps(list(codec.input.mean)),
+        "dekr.input_std": json.dumps(list(codec.input.std)),
+        "dekr.input_layout": "RGB float32 [N, 3, H, W], (rgb/255 - mean) / std, H and W multiples of 32",
+        "dekr.codec": json.dumps(codec.to_dict()),
     }
     k = getattr(model, "num_keypoints", None)
     if k is not None:
@@ -299,6 +182,7 @@ def export_onnx(
     model_kwargs: Mapping[str, Any] | None = None,
     seed: int = 0,
     force_translation: bool = False,
+    codec: CodecConfig | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``path`` and check it with ONNX Runtime.
 
@@ -317,10 +201,12 @@ def export_onnx(
         atol: largest allowed absolute difference on heatmaps and offsets.
         rtol: plus ``rtol`` times the largest PyTorch value of that output (default 0: absolute only;
             untrained networks without BN statistics reach 1e4 and need e.g. ``rtol=1e-5``).
-        model_kwargs: constructor kwargs stored as metadata (informational).
+        model_kwargs: constructor kwargs stored as metadata (default: the network's ``arguments``).
         seed: seed of the check images.
         force_translation: map ``deform_conv2d`` with this module's own translation
             (:func:`deform_translation`) even where onnxscript has one.
+        codec: the codec the network was trained with (stride, input normalisation, decoding),
+            stored as metadata; ``None``: the codec group's defaults.
 
     Returns:
         :class:`ExportResult` with the differences measured.
@@ -365,7 +251,9 @@ def export_onnx(
         ) from err
     if program is None:
         raise ExportError("torch.onnx.export returned no program (an old torch without the dynamo exporter?)")
-    for key, value in _metadata(model, impl, model_kwargs).items():
+    if model_kwargs is None:
+        model_kwargs = getattr(model, "arguments", None)
+    for key, value in _metadata(model, impl, model_kwargs, codec or default_codec_config()).items():
         program.model.metadata_props[key] = value
     program.save(tmp, external_data=False)
     export_s = time.perf_counter() - t0
@@ -464,5 +352,5 @@ def verify_onnx(
 
 __all__ = [
     "DEFAULT_OPSET", "IMPLS", "MIN_OPSET", "ExportError", "ExportResult", "ExportVerificationError",
-    "build_model", "export_onnx", "prepare_for_export", "verify_onnx",
+    "export_onnx", "prepare_for_export", "verify_onnx",
 ]

@@ -1,16 +1,21 @@
-"""Build a :class:`PoseEstimator` from a composed Hydra config (shared by eval.py and predict.py)."""
+"""Build a :class:`PoseEstimator` from a composed Hydra config (shared by eval.py and predict.py).
+
+The keypoint layout, the codec and the test settings are built once here; the network comes from
+the one builder (:func:`dekr.model.build.build_network`), so a checkpoint's stored content is checked
+as plain data and never instantiated.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
-from dekr.inference.decode import DecodeConfig
-from dekr.inference.predictor import PoseEstimator
-from dekr.keypoints import KeypointSpec, build_keypoint_spec
+from dekr.codec import CodecConfig
+from dekr.inference.predictor import PoseEstimator, TestConfig
+from dekr.keypoints import KeypointSpec, build_keypoint_spec, check_num_keypoints
 
 log = logging.getLogger(__name__)
 
@@ -22,72 +27,77 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def decode_config(node: Mapping | None) -> DecodeConfig:
-    """:class:`DecodeConfig` from a config node (lists become tuples; unknown keys are errors)."""
-    values = dict(node or {})
-    unknown = set(values) - set(DecodeConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"decode config: unknown key(s) {sorted(unknown)}; "
-                         f"allowed: {sorted(DecodeConfig.__dataclass_fields__)}")
-    if "pool_thresholds" in values:
-        values["pool_thresholds"] = tuple(float(v) for v in values["pool_thresholds"])
-    return DecodeConfig(**values)
-
-
 def build_estimator(cfg: Any) -> tuple[PoseEstimator, KeypointSpec]:
-    """Model (``cfg.model``) + weights (``cfg.checkpoint``) + decoding options → estimator.
-
-    Reads ``cfg.data.keypoints``, ``cfg.model``, ``cfg.checkpoint``, ``cfg.decode``, ``cfg.device``,
-    ``cfg.input_size``, ``cfg.flip_test``, ``cfg.scales``, ``cfg.batch_size`` and
-    ``cfg.rescore.weights``.
-    """
-    from omegaconf import OmegaConf
-
+    """Network (``cfg.model`` / ``cfg.checkpoint`` or ``cfg.onnx``) + ``cfg.codec`` + ``cfg.test`` →
+    estimator, with ``cfg.rescore.weights`` when set. Returns the estimator and the layout."""
     from dekr.rescore import Rescorer
 
     spec = build_keypoint_spec(OmegaConf.to_container(cfg.data.keypoints, resolve=True))
+    codec = CodecConfig.from_mapping(cfg.codec)
+    test = TestConfig.from_mapping(OmegaConf.to_container(cfg.test, resolve=True))
     backend = cfg.get("backend", "torch")
     if backend == "onnx":
         model, device = _onnx_model(cfg, spec)
     elif backend == "torch":
-        model, device = _torch_model(cfg)
+        model, device, codec = _torch_model(cfg, spec, codec)
     else:
         raise ValueError(f"backend must be 'torch' or 'onnx', got '{backend}'")
-    rescorer = None
-    weights = cfg.get("rescore", {}).get("weights") if cfg.get("rescore") else None
-    if weights:
-        rescorer = Rescorer.from_file(weights, spec)
-    estimator = PoseEstimator(
-        model, spec, decode_config(OmegaConf.to_container(cfg.decode, resolve=True)),
-        input_size=int(cfg.input_size), flip_test=bool(cfg.flip_test), scales=tuple(cfg.scales),
-        rescorer=rescorer, device=device, batch_size=int(cfg.batch_size),
-    )
+    weights = cfg.rescore.get("weights") if cfg.get("rescore") else None
+    rescorer = Rescorer.from_file(weights, spec) if weights else None
+    estimator = PoseEstimator(model, spec, codec, test, rescorer=rescorer, device=device)
+    if test.flip and not estimator.flip_test:
+        log.warning("flip test requested but the '%s' layout has no flip pairs: running without it", spec.name)
     return estimator, spec
 
 
-def _torch_model(cfg: Any) -> tuple[torch.nn.Module, torch.device]:
-    """The PyTorch network from ``cfg.checkpoint`` (rebuilt from its stored configuration when it
-    has one) or ``cfg.model``, with the optional speed paths of ``cfg.speed``."""
-    import hydra
-
-    from dekr.deploy import load_backend
-    from dekr.model.checkpoint import stored_model_kwargs
+def _torch_model(cfg: Any, spec: KeypointSpec, codec: CodecConfig) -> tuple[torch.nn.Module, torch.device, CodecConfig]:
+    """The PyTorch network from ``cfg.checkpoint`` (its stored architecture unless
+    ``model_from_checkpoint=false``) or ``cfg.model``, with the optional speed paths of ``cfg.speed``.
+    A checkpoint's stored layout must be ``spec``; its stored stride and input normalisation are the
+    network's and replace the config's."""
+    from dekr.deploy.speed import optimize_for_inference
+    from dekr.model.build import build_network
+    from dekr.model.checkpoint import read_checkpoint
 
     checkpoint = cfg.get("checkpoint")
-    stored = stored_model_kwargs(checkpoint) if checkpoint else None
-    if stored and cfg.get("model_from_checkpoint", True):
-        log.info("building the network from the checkpoint's stored configuration: %s", stored)
-        model_cfg: Any = stored
-    else:
-        model_cfg = hydra.utils.instantiate(cfg.model)
-    if not checkpoint:
+    stored = read_checkpoint(checkpoint) if checkpoint else None
+    if stored is None:
         log.warning("no checkpoint given: the network has untrained weights and its poses are meaningless")
+    else:
+        check_stored_layout(stored.keypoints, spec, str(stored.path))
+        codec = network_codec(stored.codec, codec, str(stored.path))
+    net = build_network(spec, cfg.model, stored, prefer_stored=bool(cfg.get("model_from_checkpoint", True)))
     device = resolve_device(cfg.get("device"))
     speed = cfg.get("speed") or {}
-    model = load_backend("torch", model=model_cfg, checkpoint=checkpoint, device=device,
-                         channels_last=bool(speed.get("channels_last", False)),
-                         compile=bool(speed.get("compile", False)), precision=str(speed.get("precision", "fp32")))
-    return model, device
+    model = optimize_for_inference(net.eval(), channels_last=bool(speed.get("channels_last", False)),
+                                   compile=bool(speed.get("compile", False)),
+                                   precision=str(speed.get("precision", "fp32")), device=device)
+    return model, device, codec
+
+
+def check_stored_layout(stored: Any, spec: KeypointSpec, origin: str) -> None:
+    """A checkpoint's stored keypoint layout (plain data) must name the same keypoints as ``spec``."""
+    if not isinstance(stored, dict) or "names" not in stored:
+        return
+    names = tuple(map(str, stored["names"]))
+    if names != spec.names:
+        raise ValueError(
+            f"{origin} was trained on the keypoint layout '{stored.get('name')}' ({len(names)} keypoints: "
+            f"{', '.join(names[:4])}, ...) but the data config declares '{spec.name}' ({spec.num_keypoints}: "
+            f"{', '.join(spec.names[:4])}, ...); choose the data=... config the checkpoint was trained with"
+        )
+
+
+def network_codec(stored: Any, codec: CodecConfig, origin: str) -> CodecConfig:
+    """``codec`` with the stride and input normalisation a checkpoint stores (they belong to the
+    trained network); the decoding settings stay the caller's."""
+    if not isinstance(stored, dict):
+        return codec
+    trained = CodecConfig.from_mapping(stored, origin=f"{origin} (stored codec)")
+    if (trained.stride, trained.input) != (codec.stride, codec.input):
+        log.warning("%s was trained with stride %d and input normalisation %s: using those", origin,
+                    trained.stride, trained.input)
+    return codec.replace(stride=trained.stride, input=trained.to_dict()["input"])
 
 
 def _onnx_model(cfg: Any, spec: KeypointSpec) -> tuple[Any, torch.device]:
@@ -100,17 +110,9 @@ def _onnx_model(cfg: Any, spec: KeypointSpec) -> tuple[Any, torch.device]:
         raise ValueError("backend=onnx takes its weights from the .onnx file; drop checkpoint=...")
     model = load_backend("onnx", onnx_path=cfg.onnx, providers=cfg.get("onnx_providers"), threads=cfg.get("threads"))
     k = getattr(model, "num_keypoints", None)
-    if k not in (None, spec.num_keypoints):
-        raise ValueError(f"{cfg.onnx} predicts {k} keypoints but the data config declares {spec.num_keypoints}; "
-                         "choose the matching data=... config")
+    if k is not None:
+        check_num_keypoints(k, spec, str(cfg.onnx))
     return model, torch.device("cpu")  # OnnxModel takes and returns CPU tensors; the provider picks the hardware
 
 
-def register_resolvers() -> None:
-    """Register the config resolvers (kept for callers; importing :mod:`dekr` already does it)."""
-    from dekr.config import register_resolvers as project_resolvers
-
-    project_resolvers()
-
-
-__all__ = ["build_estimator", "decode_config", "register_resolvers", "resolve_device"]
+__all__ = ["build_estimator", "check_stored_layout", "network_codec", "resolve_device"]

@@ -7,20 +7,61 @@ other backends plug in without touching the decoder.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from dekr.inference.decode import DecodeConfig, ScaleOutput, decode
-from dekr.inference.geometry import InputGeometry, input_geometry, input_to_original, warp_to_input
+from dekr.codec import Codec, CodecConfig, ScaleOutput
+from dekr.codec.geometry import flip_input, input_geometry, input_to_original, warp_to_input
 from dekr.keypoints import KeypointSpec
 from dekr.rescore import Rescorer
 
 Model = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """How images are run through the network at test time (the ``test`` config group, shared by
+    validation during training, ``eval.py`` and ``predict.py``).
+
+    Attributes:
+        input_size: short side of the network input at scale 1 (a multiple of 64).
+        flip: average with the mirrored input (flip test); a layout without flip pairs runs without
+            it (:attr:`PoseEstimator.flip_test` says what runs).
+        scales: test scale factors, including 1.0 (e.g. ``(2.0, 1.0, 0.5)``).
+        batch_size: images per forward pass (each pass doubles with flip test).
+        max_dets: detections per image counted by the AP metric (COCO: 20).
+    """
+
+    __test__ = False  # not a pytest class
+
+    input_size: int
+    flip: bool
+    scales: tuple[float, ...]
+    batch_size: int
+    max_dets: int
+
+    def __post_init__(self) -> None:
+        if self.input_size <= 0 or self.input_size % 64:
+            raise ValueError(f"test.input_size must be a positive multiple of 64, got {self.input_size}")
+        if 1.0 not in self.scales:
+            raise ValueError(f"test.scales {list(self.scales)} must include 1.0 (the reference scale)")
+        if self.batch_size < 1 or self.max_dets < 1:
+            raise ValueError(f"test.batch_size and test.max_dets must be >= 1, got {self.batch_size}, {self.max_dets}")
+
+    @classmethod
+    def from_mapping(cls, node: Mapping[str, Any]) -> TestConfig:
+        """From a composed ``test`` node (unknown or missing keys are errors)."""
+        values = dict(node)
+        names = list(cls.__dataclass_fields__)
+        if set(values) != set(names):
+            raise ValueError(f"test config: keys {sorted(values)} differ from {names}")
+        return cls(input_size=int(values["input_size"]), flip=bool(values["flip"]),
+                   scales=tuple(float(s) for s in values["scales"]), batch_size=int(values["batch_size"]),
+                   max_dets=int(values["max_dets"]))
 
 
 @dataclass
@@ -40,20 +81,6 @@ class PoseResult:
         return len(self.scores)
 
 
-def flip_input(images: torch.Tensor, shift: int = 3) -> torch.Tensor:
-    """Horizontally flipped input shifted left by ``shift`` px (last ``shift`` columns repeated).
-
-    With ``shift = stride - 1`` output column ``j`` of the flipped pass sees the content of output
-    column ``w - 1 - j`` of the plain pass (reference flip test).
-    """
-    flipped = images.flip(-1)
-    if shift <= 0:
-        return flipped
-    out = flipped.clone()
-    out[..., :-shift] = flipped[..., shift:]
-    return out
-
-
 class PoseEstimator:
     """Batched DEKR inference.
 
@@ -61,35 +88,31 @@ class PoseEstimator:
         model: ``model(images [B, 3, H, W]) -> (heatmaps [B, K+1, H/4, W/4], offsets [B, 2K, H/4, W/4])``.
             A ``torch.nn.Module`` runs in eval mode (its mode is restored after each call).
         spec: keypoint layout of the model.
-        decode_cfg: decoder thresholds.
-        input_size: short side of the network input at scale 1 (multiple of 64).
-        flip_test: average with the mirrored input (ignored when ``spec.can_flip`` is False).
-        scales: test scale factors (must include 1.0).
+        codec: the codec settings (stride, input normalisation, decoding); ``None``: the defaults.
+        test: input size, flip test, scales and batch size (:class:`TestConfig`).
         rescorer: optional :class:`dekr.rescore.Rescorer`, applied once per batch.
         device: where inputs go (default: the device of the module's parameters at call time, so the
             estimator follows a model moved later, e.g. by Lightning; CPU for other callables).
-        batch_size: images per forward pass (each pass doubles with flip test).
     """
 
     def __init__(
-        self, model: Model, spec: KeypointSpec, decode_cfg: DecodeConfig | None = None, input_size: int = 512,
-        flip_test: bool = True, scales: Sequence[float] = (1.0,), rescorer: Rescorer | None = None,
-        device: str | torch.device | None = None, batch_size: int = 8,
-        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+        self, model: Model, spec: KeypointSpec, codec: CodecConfig | None, test: TestConfig,
+        rescorer: Rescorer | None = None, device: str | torch.device | None = None,
     ) -> None:
-        if 1.0 not in scales:
-            raise ValueError(f"PoseEstimator: scales {list(scales)} must include 1.0")
         self.model = model
         self._device = None if device is None else torch.device(device)
         self.spec = spec
-        self.cfg = decode_cfg or DecodeConfig()
-        self.input_size = input_size
-        self.flip_test = flip_test and spec.can_flip
-        self.scales = tuple(sorted(scales, reverse=True))
+        self.codec = Codec(spec, codec)
+        self.cfg = self.codec.cfg
+        self.test = test
+        self.input_size = test.input_size
+        #: whether flip test runs (requested and the layout has flip pairs)
+        self.flip_test = test.flip and spec.can_flip
+        self.scales = tuple(sorted(test.scales, reverse=True))
         self.rescorer = rescorer
-        self.batch_size = batch_size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+        self.batch_size = test.batch_size
+        self.mean = torch.tensor(self.cfg.input.mean).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(self.cfg.input.std).view(1, 3, 1, 1) * 255.0
 
     @property
     def device(self) -> torch.device:
@@ -124,7 +147,7 @@ class PoseEstimator:
             g_f = [input_geometry(im.shape[0], im.shape[1], self.input_size, f) for im in images]
             x = self._to_tensor([warp_to_input(im, g) for im, g in zip(images, g_f)])
             outputs.append(self._forward(x, f))
-        decoded = decode(outputs, self.spec, self.cfg)
+        decoded = self.codec.decode(outputs)
         xy = input_to_original(decoded.poses[..., :2], geos)
         poses = torch.cat((xy, decoded.poses[..., 2:]), -1)
         return poses, decoded.scores, decoded.valid
@@ -181,9 +204,4 @@ class PoseEstimator:
             yield from self.predict_batch(chunk)
 
 
-def geometry_for(image: np.ndarray, input_size: int = 512, factor: float = 1.0) -> InputGeometry:
-    """Convenience: :func:`input_geometry` of an ``[H, W, 3]`` image."""
-    return input_geometry(image.shape[0], image.shape[1], input_size, factor)
-
-
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PoseEstimator", "PoseResult", "flip_input", "geometry_for"]
+__all__ = ["PoseEstimator", "PoseResult", "TestConfig"]

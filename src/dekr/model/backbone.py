@@ -60,6 +60,7 @@ class HRNetBackbone(nn.Module):
             self.body = HighResolutionNetFeatures(CUSTOM_VARIANTS[name], feature_location="", out_indices=(1, 2, 3, 4))
             self.channels = list(self.body.feature_info.channels())
             self.out_channels = sum(self.channels)
+            self.stride = int(self.body.feature_info.reduction()[0])
             return
         try:
             self.body = timm.create_model(
@@ -77,6 +78,8 @@ class HRNetBackbone(nn.Module):
             ) from err
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.out_channels = sum(self.channels)
+        #: input px per output px of the fused map (the highest-resolution branch's reduction)
+        self.stride = int(self.body.feature_info.reduction()[0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.body(images)

@@ -95,7 +95,7 @@ class OffsetHead(nn.Module):
     ) -> None:
         super().__init__()
         if keypoint_groups is None:
-            keypoint_groups = split_keypoints(num_keypoints, num_branches or num_keypoints)
+            keypoint_groups = split_keypoints(num_keypoints, num_keypoints if num_branches is None else num_branches)
         groups = [list(map(int, g)) for g in keypoint_groups]
         flat = sorted(i for g in groups for i in g)
         if flat != list(range(num_keypoints)) or any(not g for g in groups):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from dekr.model.backbone import HRNetBackbone
 from dekr.model.head import HeatmapHead, OffsetHead
+from dekr.plaindata import plain
 
 
 class DEKR(nn.Module):
@@ -56,16 +59,15 @@ class DEKR(nn.Module):
         super().__init__()
         if num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+        #: constructor arguments as plain data, read from the signature (``pretrained`` left out: a
+        #: network rebuilt from a checkpoint gets its weights from there); checkpoints store them
+        self.arguments: dict[str, Any] = plain(
+            {name: value for name, value in locals().items() if name in _PARAMETERS and name != "pretrained"}
+        )
         self.num_keypoints = num_keypoints
-        #: constructor arguments (without ``pretrained``), stored in checkpoints to rebuild the network
-        self.config = {
-            "num_keypoints": num_keypoints, "backbone": backbone, "heatmap_channels": heatmap_channels,
-            "heatmap_blocks": heatmap_blocks, "num_branches": num_branches,
-            "keypoint_groups": [list(g) for g in keypoint_groups] if keypoint_groups is not None else None,
-            "channels_per_keypoint": channels_per_keypoint, "offset_blocks": offset_blocks, "block": block,
-            "dilation": dilation, "adaptive_impl": adaptive_impl, "checkpoint": checkpoint,
-        }
         self.backbone = HRNetBackbone(backbone, pretrained=pretrained)
+        #: input px per output px
+        self.stride: int = self.backbone.stride
         c_in = self.backbone.out_channels
         self.heatmap_head = HeatmapHead(c_in, num_keypoints, heatmap_channels, heatmap_blocks)
         self.offset_head = OffsetHead(
@@ -89,7 +91,10 @@ class DEKR(nn.Module):
         for module in self.modules():
             if isinstance(module, GroupedAdaptiveBlock):
                 module.impl = impl
-        self.config["adaptive_impl"] = impl
+        self.arguments["adaptive_impl"] = impl
+
+
+_PARAMETERS = tuple(p for p in inspect.signature(DEKR.__init__).parameters if p != "self")
 
 
 def init_head_weights(module: nn.Module) -> None:

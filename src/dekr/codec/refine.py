@@ -1,8 +1,8 @@
 """Optional refinement: snap regressed joints to keypoint-heatmap peaks (reference ``MATCH_HMP``).
 
 1. *Absorb*: on the scale-averaged, flip-fused keypoint heatmaps at input resolution, find up to
-   ``max_people`` peaks per keypoint (``match_peak_kernel`` max-pool NMS); a joint moves to the
-   nearest peak of its keypoint when closer than ``match_max_distance`` input px.
+   ``centers.max_people`` peaks per keypoint (``refine.peak_kernel`` max-pool NMS); a joint moves to
+   the nearest peak of its keypoint when closer than ``refine.max_distance`` input px.
 2. *Adjust*: joints scoring above ``adjust_threshold`` are refined by fitting a 2-D Gaussian to the
    heatmap in a ``(2 * adjust_window + 1)²`` window around their rounded position.
 
@@ -19,26 +19,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from dekr.inference.decode import DecodeConfig, DecodedPoses, max_filter
-
-
-def upsample_reference(heatmaps: torch.Tensor, ratio: float) -> torch.Tensor:
-    """The reference's ``up_interpolate``: align-corners bilinear onto ``S - int(S/h) + 1`` rows
-    (``S = int(ratio * h)``) then replicate the last rows/columns up to ``S``. ``[B, C, h, w]``."""
-    h, w = heatmaps.shape[-2:]
-    sh, sw = int(ratio * h), int(ratio * w)
-    ph, pw = int(sh / h), int(sw / w)
-    inner = F.interpolate(heatmaps, size=(sh - ph + 1, sw - pw + 1), mode="bilinear", align_corners=True)
-    return F.pad(inner, (0, pw - 1, 0, ph - 1), mode="replicate")
+from dekr.codec.config import RefineConfig
+from dekr.codec.maps import max_filter, upsample
 
 
-def _absorb(poses: torch.Tensor, heat: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
+def _absorb(poses: torch.Tensor, heat: torch.Tensor, cfg: RefineConfig, max_peaks: int) -> torch.Tensor:
     """Move joints ``[B, P, K, 2]`` to the nearest keypoint peak of ``heat [B, K, H, W]``."""
     b, k, h, w = heat.shape
-    peaks = heat * (max_filter(heat, cfg.match_peak_kernel) == heat)
-    n = min(cfg.max_people, h * w)
+    peaks = heat * (max_filter(heat, cfg.peak_kernel) == heat)
+    n = min(max_peaks, h * w)
     val, idx = peaks.flatten(2).topk(n, dim=2)  # [B, K, T]
     peak_xy = torch.stack((idx % w, torch.div(idx, w, rounding_mode="floor")), -1).to(poses.dtype)
     d = torch.linalg.vector_norm(poses[:, :, :, None, :] - peak_xy[:, None], dim=-1)  # [B, P, K, T]
@@ -46,10 +36,10 @@ def _absorb(poses: torch.Tensor, heat: torch.Tensor, cfg: DecodeConfig) -> torch
     best, arg = d.min(-1)
     snapped = peak_xy[:, None].expand(-1, poses.shape[1], -1, -1, -1).gather(
         3, arg[..., None, None].expand(-1, -1, -1, 1, 2)).squeeze(3)
-    return torch.where((best < cfg.match_max_distance)[..., None], snapped, poses)
+    return torch.where((best < cfg.max_distance)[..., None], snapped, poses)
 
 
-def _gaussian_fit(poses: torch.Tensor, score: torch.Tensor, heat: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
+def _gaussian_fit(poses: torch.Tensor, score: torch.Tensor, heat: torch.Tensor, cfg: RefineConfig) -> torch.Tensor:
     """Refine joints ``[B, P, K, 2]`` with a Gaussian fit in a window of ``heat [B, K, H, W]``."""
     b, p, k, _ = poses.shape
     h, w = heat.shape[-2:]
@@ -81,19 +71,28 @@ def _gaussian_fit(poses: torch.Tensor, score: torch.Tensor, heat: torch.Tensor, 
     return torch.where(good[..., None], fitted, poses)
 
 
-def match_to_heatmaps(decoded: DecodedPoses, heatmaps: Sequence[torch.Tensor], factors: Sequence[float],
-                      cfg: DecodeConfig) -> torch.Tensor:
+def refine_poses(
+    poses: torch.Tensor,
+    valid: torch.Tensor,
+    heatmaps: Sequence[torch.Tensor],
+    factors: Sequence[float],
+    stride: int,
+    cfg: RefineConfig,
+    max_peaks: int,
+) -> torch.Tensor:
     """Refined ``[B, P, K, 3]`` poses (joint scores unchanged) from the fused heatmaps of each scale.
 
     Args:
-        decoded: output of :func:`dekr.inference.decode.decode` (input px of the factor-1 geometry).
+        poses, valid: decoded poses ``[B, P, K, 3]`` (input px of the factor-1 geometry) and their
+            valid slots ``[B, P]``.
         heatmaps: flip-fused ``[B, K+1, h_s, w_s]`` per scale, in the order of ``factors``.
+        max_peaks: peaks searched per keypoint (the decoder's ``centers.max_people``).
     """
-    heat = sum(upsample_reference(hm[:, :-1], cfg.stride / f) for hm, f in zip(heatmaps, factors)) / len(factors)
-    xy = _absorb(decoded.poses[..., :2], heat, cfg)
-    xy = _gaussian_fit(xy, decoded.poses[..., 2], heat, cfg)
-    xy = torch.where(decoded.valid[..., None, None], xy, decoded.poses[..., :2])
-    return torch.cat((xy, decoded.poses[..., 2:]), -1)
+    heat = sum(upsample(hm[:, :-1], stride / f) for hm, f in zip(heatmaps, factors)) / len(factors)
+    xy = _absorb(poses[..., :2], heat, cfg, max_peaks)
+    xy = _gaussian_fit(xy, poses[..., 2], heat, cfg)
+    xy = torch.where(valid[..., None, None], xy, poses[..., :2])
+    return torch.cat((xy, poses[..., 2:]), -1)
 
 
-__all__ = ["match_to_heatmaps", "upsample_reference"]
+__all__ = ["refine_poses"]

@@ -87,12 +87,13 @@ fabricated crowded joints, and of whole official training samples; the tests com
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from dekr.codec.config import TargetConfig, default_codec_config
 from dekr.keypoints import KeypointSpec
 
 AreaMode = Literal["reference", "box"]
@@ -161,42 +162,49 @@ def person_centers_and_areas(
     return centers, areas
 
 
-@dataclass
 class TargetEncoder:
     """Encode people (output pixels) into DEKR heatmap and offset targets; no Python loops.
 
     Args:
         spec: keypoint layout (``K`` and the centre sigma).
         output_size: ``int`` (square) or ``(h, w)`` of the output map.
-        sigma: Gaussian sigma of the keypoint heatmaps (output px, at least 0.5).
+        config: the codec's :class:`~dekr.codec.config.TargetConfig` (``sigma`` at least 0.5 output
+            px, offset ``radius``, ``bg_weight`` used by :meth:`densify`, ``window``, ``area_mode``,
+            ``fix_zero_keypoint_center``, ``exact_heatmaps``); ``None``: the codec group's defaults.
+        min_center_area: people whose annotation area is below this get no centre (a dataset rule:
+            1024 for COCO, 0 for CrowdPose).
         center_sigma: sigma of the centre heatmap; ``None`` takes ``spec.center_sigma``.
-        radius: offset window half-size ``r`` (output px).
-        bg_weight: heatmap loss weight outside every Gaussian window (used by :meth:`densify`; the
-            training loss takes the same value from the config).
-        window: ``"reference"`` (``[int(c)-r, int(c)+r)``) or ``"symmetric"``.
-        area_mode, min_center_area, fix_zero_keypoint_center: used by :meth:`centers_and_areas`.
-        exact_heatmaps: draw every Gaussian directly in float64, bit-identical to the reference
-            (slower); by default the separable drawing agrees to float32 rounding.
+        **overrides: single :class:`TargetConfig` fields replaced, e.g. ``window="symmetric"``.
     """
 
-    spec: KeypointSpec
-    output_size: int | tuple[int, int]
-    sigma: float = 2.0
-    center_sigma: float | None = None
-    radius: int = 4
-    bg_weight: float = 0.1
-    window: WindowMode = "reference"
-    area_mode: AreaMode = "reference"
-    min_center_area: float = COCO_MIN_CENTER_AREA
-    fix_zero_keypoint_center: bool = True
-    exact_heatmaps: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.output_size, int):
-            self.output_size = (self.output_size, self.output_size)
-        self.output_size = (int(self.output_size[0]), int(self.output_size[1]))
-        if self.center_sigma is None:
-            self.center_sigma = float(self.spec.center_sigma)
+    def __init__(
+        self,
+        spec: KeypointSpec,
+        output_size: int | tuple[int, int],
+        config: TargetConfig | None = None,
+        *,
+        min_center_area: float = COCO_MIN_CENTER_AREA,
+        center_sigma: float | None = None,
+        **overrides: Any,
+    ) -> None:
+        config = config or default_codec_config().targets
+        if overrides:
+            config = _replace_checked(config, overrides)
+        self.spec = spec
+        self.config = config
+        self.output_size: tuple[int, int] = (
+            (int(output_size), int(output_size)) if isinstance(output_size, int)
+            else (int(output_size[0]), int(output_size[1]))
+        )
+        self.sigma = float(config.sigma)
+        self.center_sigma = float(spec.center_sigma if center_sigma is None else center_sigma)
+        self.radius = int(config.radius)
+        self.bg_weight = float(config.bg_weight)
+        self.window: WindowMode = config.window
+        self.area_mode: AreaMode = config.area_mode
+        self.min_center_area = float(min_center_area)
+        self.fix_zero_keypoint_center = bool(config.fix_zero_keypoint_center)
+        self.exact_heatmaps = bool(config.exact_heatmaps)
         if self.window not in ("reference", "symmetric"):
             raise ValueError(f"window must be 'reference' or 'symmetric', got {self.window!r}")
         if self.area_mode not in ("reference", "box"):
@@ -642,7 +650,15 @@ def _rank_in_runs(keys: np.ndarray) -> np.ndarray:
     return np.arange(n) - np.maximum.accumulate(np.where(new, np.arange(n), 0))
 
 
-def heatmap_weights(heatmaps: np.ndarray, mask: np.ndarray, bg_weight: float = 0.1) -> np.ndarray:
+def _replace_checked(config: TargetConfig, overrides: dict[str, Any]) -> TargetConfig:
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TargetConfig)})
+    if unknown:
+        raise TypeError(f"TargetEncoder: unknown option(s) {unknown}; TargetConfig fields are "
+                        f"{[f.name for f in dataclasses.fields(TargetConfig)]}")
+    return dataclasses.replace(config, **overrides)
+
+
+def heatmap_weights(heatmaps: np.ndarray, mask: np.ndarray, bg_weight: float) -> np.ndarray:
     """Heatmap loss weights ``[..., K+1, h, w]`` float32: ``mask`` (``[..., h, w]``) inside the Gaussian
     windows (where the heatmap is positive), ``bg_weight * mask`` elsewhere."""
     mask = np.asarray(mask, dtype=np.float32)[..., None, :, :]

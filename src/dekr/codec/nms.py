@@ -3,12 +3,15 @@
 Two poses are duplicates when more than ``min_joints`` of their joints lie closer than
 ``distance * sqrt(w² + h²)``, ``(w, h)`` being the extent of a pose's joints.
 
-* Reference rule (default): the threshold of pair ``(i, j)`` uses the extent of pose ``i`` only
+Strategies (``CodecConfig.nms.strategy``):
+
+* ``reference`` (default): the threshold of pair ``(i, j)`` uses the extent of pose ``i`` only
   (asymmetric), candidates are visited in order; visiting ``i`` forms the group ``{j : dup(i, j)}``
   and keeps its member with the best heat score, unless that member was already suppressed, in which
   case nothing is kept and the group is *not* suppressed.
-* Greedy rule (``group_rule=False``): classic NMS, candidates visited by decreasing heat score, each
-  one kept unless a kept pose marks it as duplicate.
+* ``symmetric``: the same group rule, the threshold from the larger extent of the two poses.
+* ``greedy``: classic NMS, candidates visited by decreasing heat score, each one kept unless a kept
+  pose marks it as duplicate (first pose's extent, as ``reference``).
 
 Both visits are sequential by nature; they are solved here as the unique fixed point of a lower-
 triangular boolean system (``kept[t]`` depends only on ``kept[:t]``), iterated with batched matrix
@@ -18,6 +21,8 @@ products until it stops changing (typically 2-4 iterations, at most N).
 from __future__ import annotations
 
 import torch
+
+from dekr.codec.config import NMS_STRATEGIES
 
 
 def duplicate_matrix(
@@ -78,10 +83,9 @@ def pose_nms(
     poses: torch.Tensor,
     heat_score: torch.Tensor,
     valid: torch.Tensor,
-    distance: float = 0.05,
-    min_joints: int = 8,
-    symmetric: bool = False,
-    group_rule: bool = True,
+    distance: float,
+    min_joints: int,
+    strategy: str = "reference",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Suppress duplicate poses.
 
@@ -89,17 +93,20 @@ def pose_nms(
         poses: float ``[B, N, K, 2]`` candidate joints, candidates in visiting order.
         heat_score: float ``[B, N]`` mean keypoint heat of each candidate (ranks group members).
         valid: bool ``[B, N]`` real candidates.
-        distance, min_joints, symmetric: see :func:`duplicate_matrix`.
-        group_rule: reference group rule (True) or greedy NMS by heat score (False).
+        distance, min_joints: see :func:`duplicate_matrix`.
+        strategy: ``reference``, ``symmetric`` or ``greedy`` (module docstring).
 
     Returns:
         ``keep`` bool ``[B, N]`` (kept candidates) and ``rank`` long ``[B, N]``: the visit at which a
         kept candidate was kept (output order of the reference), ``N`` for the others.
     """
+    if strategy not in NMS_STRATEGIES:
+        raise ValueError(f"nms.strategy must be one of {list(NMS_STRATEGIES)}, got {strategy!r}")
+    symmetric = strategy == "symmetric"
     b, n = valid.shape
     if n == 0:
         return valid.clone(), torch.zeros_like(valid, dtype=torch.long)
-    if group_rule:
+    if strategy != "greedy":
         dup = duplicate_matrix(poses, valid, distance, min_joints, symmetric)
         masked = torch.where(dup, heat_score[:, None, :], torch.full_like(dup, -torch.inf, dtype=heat_score.dtype))
         best = masked.argmax(dim=2)  # first maximum, like the reference

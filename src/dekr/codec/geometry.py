@@ -85,6 +85,21 @@ def warp_to_input(image: np.ndarray, geometry: InputGeometry) -> np.ndarray:
     return cv2.warpAffine(image, geometry.matrix(), geometry.size, flags=cv2.INTER_LINEAR)
 
 
+def flip_input(images: torch.Tensor, shift: int) -> torch.Tensor:
+    """Horizontally flipped input ``[..., W]`` shifted left by ``shift`` px (last ``shift`` columns
+    repeated).
+
+    With ``shift = stride - 1`` output column ``j`` of the flipped pass sees the content of output
+    column ``w - 1 - j`` of the plain pass (reference flip test), which the decoder relies on.
+    """
+    flipped = images.flip(-1)
+    if shift <= 0:
+        return flipped
+    out = flipped.clone()
+    out[..., :-shift] = flipped[..., shift:]
+    return out
+
+
 def input_to_original(points: torch.Tensor, geometries: Sequence[InputGeometry]) -> torch.Tensor:
     """Map points from the scale-1 input frame back to original pixels, one geometry per image.
 
@@ -108,4 +123,4 @@ def input_to_original(points: torch.Tensor, geometries: Sequence[InputGeometry])
     return ((points.double() - half) / k.unsqueeze(-1) + ctr).to(points.dtype)
 
 
-__all__ = ["InputGeometry", "input_to_original", "input_geometry", "warp_to_input"]
+__all__ = ["InputGeometry", "flip_input", "input_geometry", "input_to_original", "warp_to_input"]

@@ -1,4 +1,8 @@
-"""Fabricated network outputs for tests and benchmarks (no network needed).
+"""Network outputs without a network, for round-trip tests and benchmarks.
+
+* :func:`outputs_from_ground_truth`: the codec's own targets for ground-truth people, encoded at the
+  test geometry, as a perfect network would output them (the encode → decode round trip).
+* :func:`fabricate_outputs`: noisy outputs of a random scene (below).
 
 A scene is a set of people (joints in output px); the outputs look like a trained DEKR's: Gaussian
 keypoint and centre peaks plus uniform noise, and an offset field that points, in each pixel, to the
@@ -13,7 +17,55 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dekr.codec.config import CodecConfig
+from dekr.codec.decode import ScaleOutput
+from dekr.codec.encode import TargetEncoder
+from dekr.codec.geometry import input_geometry
 from dekr.keypoints import KeypointSpec
+
+
+def outputs_from_ground_truth(
+    keypoints: np.ndarray,
+    ann_areas: np.ndarray,
+    image_hw: tuple[int, int],
+    spec: KeypointSpec,
+    cfg: CodecConfig,
+    input_size: int,
+    flip: bool = False,
+    min_center_area: float = 0.0,
+) -> ScaleOutput:
+    """Targets of ground-truth people at the test geometry, as outputs of scale 1.
+
+    Args:
+        keypoints: ``[P, K, 3]`` in original image pixels; ann_areas: ``[P]`` annotation areas.
+        image_hw: original image ``(h, w)``; input_size: test short side (multiple of 64).
+        flip: also give the flip pass (the targets of the mirrored people, left/right swapped).
+        min_center_area: the dataset's small-person rule (1024 for COCO).
+
+    Returns:
+        a :class:`ScaleOutput` with ``[1, K+1, h, w]`` heatmaps and ``[1, 2K, h, w]`` offsets.
+    """
+    g = input_geometry(image_hw[0], image_hw[1], input_size)
+    h_out, w_out = g.size[1] // cfg.stride, g.size[0] // cfg.stride
+    enc = TargetEncoder(spec, (h_out, w_out), cfg.targets, min_center_area=min_center_area)
+    centers, areas = enc.centers_and_areas(keypoints, ann_areas)
+    mat = g.matrix()
+    kp = np.asarray(keypoints, np.float64).copy()
+    kp[..., :2] = (kp[..., :2] @ mat[:, :2].T + mat[:, 2]) / cfg.stride
+    ct = centers.copy()
+    ct[:, :2] = (ct[:, :2] @ mat[:, :2].T + mat[:, 2]) / cfg.stride
+    areas = areas * g.k**2
+    t = enc(kp, ct, areas)
+    out = ScaleOutput(1.0, torch.from_numpy(t["heatmaps"])[None], torch.from_numpy(t["offsets"])[None])
+    if flip:
+        kf = kp[:, spec.flip_index()].copy()
+        kf[..., 0] = w_out - 1 - kf[..., 0]
+        cf = ct.copy()
+        cf[:, 0] = w_out - 1 - cf[:, 0]
+        tf = enc(kf, cf, areas)
+        out.heatmaps_flip = torch.from_numpy(tf["heatmaps"])[None]
+        out.offsets_flip = torch.from_numpy(tf["offsets"])[None]
+    return out
 
 
 def fabricate_scene(
@@ -84,4 +136,4 @@ def fabricate_outputs(
     return out
 
 
-__all__ = ["fabricate_outputs", "fabricate_scene", "render_outputs"]
+__all__ = ["fabricate_outputs", "fabricate_scene", "outputs_from_ground_truth", "render_outputs"]
