@@ -30,8 +30,9 @@ test-fast: install  ## the suite without tests marked slow
 notebooks: install  ## execute the notebooks headlessly (as the test suite does)
 	$(PYTHON) -m pytest -q tests/test_notebooks.py
 
-lint: install  ## ruff check
+lint: install  ## ruff check and ruff format --check
 	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff format --check src tests benchmarks
 
 format: install  ## ruff format + autofix
 	$(PYTHON) -m ruff check --fix src tests benchmarks

@@ -44,10 +44,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from timing import median_seconds  # noqa: E402
 
+from dekr.codec import default_codec_config  # noqa: E402
+from dekr.codec.encode import TargetEncoder, person_centers_and_areas  # noqa: E402
 from dekr.data.coco import CocoKeypointDataset, train_collate  # noqa: E402
 from dekr.data.transforms import TrainTransform, crop_matrix  # noqa: E402
 from dekr.keypoints import COCO  # noqa: E402
-from dekr.codec.encode import TargetEncoder, person_centers_and_areas  # noqa: E402
 
 COCO_SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 ANN = COCO_SAMPLE / "person_keypoints_sample.json"
@@ -212,7 +213,7 @@ def main() -> None:
         COCO_SAMPLE,
         COCO,
         train=True,
-        transform=TrainTransform(COCO, 512, seed=0),
+        transform=TrainTransform(COCO, 512, default_codec_config().stride, seed=0),
         encoder=TargetEncoder(COCO, 128),
     )
     raws = [ds.raw_sample(i) for i in range(len(ds))]

@@ -95,8 +95,10 @@ def main() -> None:
         cfg = H.load_cfg()
         path = H.random_rescore_weights(cfg)
         rescorer = Rescorer.from_file(path, COCO).to(device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}, "
-          f"input 512x512 (map 128x128), flip test on, rescoring on")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}, "
+        f"input 512x512 (map 128x128), flip test on, rescoring on"
+    )
     head = "| people | ours b=1 (ms/img) | ours b=8 (ms/img) |"
     if H is not None:
         head += " reference (ms/img) | speed-up b=1 | speed-up b=8 |"

@@ -77,8 +77,16 @@ def run_one(model_name: str, impl: str, size: int | None, repeats: int, checkpoi
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     label = impl + ("+ckpt" if checkpoint else "")
-    return {"model": model_name, "impl": label, "size": size, "params": params, "forward_s": fwd,
-            "train_step_s": train, "peak_mib": peak, "device": str(device)}
+    return {
+        "model": model_name,
+        "impl": label,
+        "size": size,
+        "params": params,
+        "forward_s": fwd,
+        "train_step_s": train,
+        "peak_mib": peak,
+        "device": str(device),
+    }
 
 
 def _reference_model(model_name: str):
@@ -127,8 +135,18 @@ def main() -> None:
         jobs = [("w32", "reference", "0")] + jobs
     rows = []
     for model, impl, ckpt in jobs:
-        cmd = [sys.executable, __file__, "--one", model, impl, ckpt, "--repeats", str(args.repeats),
-               "--threads", str(args.threads)] + (["--size", str(args.size)] if args.size else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            model,
+            impl,
+            ckpt,
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+        ] + (["--size", str(args.size)] if args.size else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("ROW ")), None)
         if line is None:
@@ -139,21 +157,27 @@ def main() -> None:
         print(f"  measured {model}/{r['impl']}: fwd {r['forward_s']:.2f}s train {r['train_step_s']:.2f}s", flush=True)
     import torch
 
-    print(f"\nDEKR network benchmark — torch {torch.__version__}, {args.threads} threads, "
-          f"device {rows[0]['device'] if rows else '?'}; forward at batch 1, train step (fwd+loss+bwd+Adam) "
-          f"at batch 2; medians of {args.repeats}")
+    print(
+        f"\nDEKR network benchmark — torch {torch.__version__}, {args.threads} threads, "
+        f"device {rows[0]['device'] if rows else '?'}; forward at batch 1, train step (fwd+loss+bwd+Adam) "
+        f"at batch 2; medians of {args.repeats}"
+    )
     header = f"{'model':10} {'kernel':18} {'input':>5} {'params':>12} {'forward s':>10} {'train s':>9} {'peak MiB':>9}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['model']:10} {r['impl']:18} {r['size']:>5} {r['params']:>12,} {r['forward_s']:>10.2f} "
-              f"{r['train_step_s']:>9.2f} {r['peak_mib']:>9.0f}")
+        print(
+            f"{r['model']:10} {r['impl']:18} {r['size']:>5} {r['params']:>12,} {r['forward_s']:>10.2f} "
+            f"{r['train_step_s']:>9.2f} {r['peak_mib']:>9.0f}"
+        )
     ref = next((r for r in rows if r["impl"] == "reference"), None)
     if ref:
         for r in rows:
             if r["model"] == "w32" and r is not ref:
-                print(f"w32 {r['impl']}: forward {ref['forward_s'] / r['forward_s']:.2f}x, "
-                      f"train step {ref['train_step_s'] / r['train_step_s']:.2f}x faster than the official model")
+                print(
+                    f"w32 {r['impl']}: forward {ref['forward_s'] / r['forward_s']:.2f}x, "
+                    f"train step {ref['train_step_s'] / r['train_step_s']:.2f}x faster than the official model"
+                )
 
 
 if __name__ == "__main__":

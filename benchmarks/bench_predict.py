@@ -40,14 +40,25 @@ def main() -> None:
     paths = sorted((ROOT.parent / "shared" / "data" / "coco_sample").glob("*.jpg"))
     images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
     images = (images * (args.images // len(images) + 1))[: args.images]
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} thread(s), input "
-          f"{args.input_size} short side, flip test {'off' if args.no_flip else 'on'}, batch {args.batch_size}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} thread(s), input "
+        f"{args.input_size} short side, flip test {'off' if args.no_flip else 'on'}, batch {args.batch_size}"
+    )
     print("| model | params (M) | images/s | s/image |\n|---|---|---|---|")
     for name in args.models:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("predict", overrides=[
-                f"model={name}", "input=.", f"device={args.device}", f"test.input_size={args.input_size}",
-                f"test.batch_size={args.batch_size}", f"test.flip={not args.no_flip}", "output_dir=."])
+            cfg = compose(
+                "predict",
+                overrides=[
+                    f"model={name}",
+                    "input=.",
+                    f"device={args.device}",
+                    f"test.input_size={args.input_size}",
+                    f"test.batch_size={args.batch_size}",
+                    f"test.flip={not args.no_flip}",
+                    "output_dir=.",
+                ],
+            )
         est, _ = build_estimator(cfg)
         est(images[: args.batch_size])  # warm-up
         if est.device.type == "cuda":

@@ -1,7 +1,7 @@
 """Measured effect of the decoder options on a noisy codec round trip.
 
 Ground truth (COCO sample, and the dense 30-person crowd of tests/data/decode_golden.npz) is encoded
-into targets at the test geometry (dekr.codec.synthetic.outputs_from_ground_truth), Gaussian noise is added (heatmaps sigma 0.05,
+into targets at the test geometry (dekr.codec.synthetic), Gaussian noise is added (heatmaps sigma 0.05,
 offsets 0.5 output px), the result is decoded with each option and scored with dekr.metrics
 (mean AP over 3 noise seeds)::
 
@@ -46,10 +46,16 @@ def noisy_ap(gt: dict, flip: bool, cfg: CodecConfig, seed: int, max_dets: int) -
         anns = [a for a in gt["annotations"] if a["image_id"] == im["id"] and (a["iscrowd"] == 0 or a["num_keypoints"])]
         kp = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(anns), 17, 3)
         area = np.array([a.get("area", 1e9) for a in anns])
-        o = outputs_from_ground_truth(kp, area, (im["height"], im["width"]), COCO, cfg, 512, flip=flip,
-                                      min_center_area=1024.0)
-        o = ScaleOutput(1.0, noisy(o.heatmaps, 0.05), noisy(o.offsets, 0.5), noisy(o.heatmaps_flip, 0.05),
-                        noisy(o.offsets_flip, 0.5))
+        o = outputs_from_ground_truth(
+            kp, area, (im["height"], im["width"]), COCO, cfg, 512, flip=flip, min_center_area=1024.0
+        )
+        o = ScaleOutput(
+            1.0,
+            noisy(o.heatmaps, 0.05),
+            noisy(o.offsets, 0.5),
+            noisy(o.heatmaps_flip, 0.05),
+            noisy(o.offsets_flip, 0.5),
+        )
         d = decode([o], COCO, cfg)
         geo = input_geometry(im["height"], im["width"], 512)
         p = torch.cat((input_to_original(d.poses[..., :2], [geo]), d.poses[..., 2:]), -1)[0][d.valid[0]]
@@ -63,8 +69,10 @@ def main() -> None:
     torch.set_num_threads(1)
     z = np.load(ROOT / "tests" / "data" / "decode_golden.npz")
     data = ROOT.parent / "shared" / "data"
-    sets = {"COCO sample": (json.loads((data / "coco_sample" / "person_keypoints_sample.json").read_text()), 20),
-            "dense crowd 30": (json.loads(bytes(z["dense30/gt"]).decode()), 30)}
+    sets = {
+        "COCO sample": (json.loads((data / "coco_sample" / "person_keypoints_sample.json").read_text()), 20),
+        "dense crowd 30": (json.loads(bytes(z["dense30/gt"]).decode()), 30),
+    }
     print("| data | flip | " + " | ".join(OPTIONS) + " |\n|" + "---|" * (len(OPTIONS) + 2))
     for name, (gt, max_dets) in sets.items():
         for flip in (False, True):

@@ -81,11 +81,26 @@ def reference_case(H, name, layout, image_hw, input_size, factors, people, flip,
     net = pok.get_pose_net(cfg0, 3 * len(get_keypoint_spec(layout).skeleton) + k, is_train=True)
     wpath = os.path.join(H.tmpdir(), f"rescore_{name}.pth")
     torch.save(net.state_dict(), wpath)
-    cfg = H.load_cfg(opts=[
-        "DATASET.DATASET", dataset, "DATASET.NUM_JOINTS", k, "DATASET.INPUT_SIZE", input_size,
-        "DATASET.OUTPUT_SIZE", input_size // 4, "TEST.FLIP_TEST", flip,
-        "TEST.SCALE_FACTOR", list(factors), "RESCORE.HIDDEN_LAYER", hidden, "RESCORE.MODEL_FILE", wpath,
-    ])
+    cfg = H.load_cfg(
+        opts=[
+            "DATASET.DATASET",
+            dataset,
+            "DATASET.NUM_JOINTS",
+            k,
+            "DATASET.INPUT_SIZE",
+            input_size,
+            "DATASET.OUTPUT_SIZE",
+            input_size // 4,
+            "TEST.FLIP_TEST",
+            flip,
+            "TEST.SCALE_FACTOR",
+            list(factors),
+            "RESCORE.HIDDEN_LAYER",
+            hidden,
+            "RESCORE.MODEL_FILE",
+            wpath,
+        ]
+    )
     outs = case_outputs(layout, image_hw, input_size, factors, people, flip, seed)
     seq = []
     for _, o in outs:
@@ -108,8 +123,13 @@ def reference_case(H, name, layout, image_hw, input_size, factors, people, flip,
         with contextlib.redirect_stdout(io.StringIO()):
             rescored = rescore_valid(cfg, final, scores)
     state = {key: v.numpy() for key, v in net.state_dict().items()}
-    return outs, np.asarray(final, np.float32).reshape(-1, k, 3), np.asarray(scores, np.float32), \
-        np.asarray(rescored, np.float32), state
+    return (
+        outs,
+        np.asarray(final, np.float32).reshape(-1, k, 3),
+        np.asarray(scores, np.float32),
+        np.asarray(rescored, np.float32),
+        state,
+    )
 
 
 def main() -> None:
@@ -125,9 +145,19 @@ def main() -> None:
         arrays[f"{name}/rescored"] = rescored
         for key, v in state.items():
             arrays[f"{name}/rescore/{key}"] = v
-        meta.append(dict(name=name, layout=layout, image_hw=list(image_hw), input_size=input_size,
-                         factors=list(factors), people=people, flip=flip, seed=seed,
-                         checksum=checksum(outs)))
+        meta.append(
+            dict(
+                name=name,
+                layout=layout,
+                image_hw=list(image_hw),
+                input_size=input_size,
+                factors=list(factors),
+                people=people,
+                flip=flip,
+                seed=seed,
+                checksum=checksum(outs),
+            )
+        )
         print(f"{name}: {len(poses)} poses, scores {np.round(scores[:4], 4)}")
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     # dense 30-person crowd of ref_roundtrip.py (centres >= 8 px apart in the central 256^2), with
@@ -136,8 +166,9 @@ def main() -> None:
 
     scene = H.crowd_scene(min_center_dist=8.0, region=0.5)
     with contextlib.redirect_stdout(io.StringIO()):
-        ap = {flip: R.run_variant(f"dense_{flip}", flip, False, True, 8.0, 0.5)["stats30"]["AP"]
-              for flip in (False, True)}
+        ap = {
+            flip: R.run_variant(f"dense_{flip}", flip, False, True, 8.0, 0.5)["stats30"]["AP"] for flip in (False, True)
+        }
     arrays["dense30/gt"] = np.frombuffer(json.dumps(scene).encode(), dtype=np.uint8)
     arrays["dense30/ref_ap"] = np.array([ap[False], ap[True]], np.float64)
     print(f"dense30 reference round trip AP: flip off {ap[False]:.4f}, flip on {ap[True]:.4f}")

@@ -140,8 +140,12 @@ def run_row(config: str, backend: str, size: int, repeats: int, threads: int, tr
 
         impl = "deform" if backend in ("ort-deform", "gpu-ort") else "grid_sample"
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
-        runner = OnnxModel(onnx_file(cache, config, impl, size), providers=providers,
-                           intra_op_num_threads=None if gpu else threads, allow_spinning=not passive())
+        runner = OnnxModel(
+            onnx_file(cache, config, impl, size),
+            providers=providers,
+            intra_op_num_threads=None if gpu else threads,
+            allow_spinning=not passive(),
+        )
         xn = x1.cpu().numpy()
         row["fwd_ms"] = median_ms(lambda: runner.run_numpy(xn), repeats)
         model: Any = runner
@@ -235,8 +239,9 @@ def export_file(config: str, impl: str, size: int, cache: Path) -> dict:
 
     torch.set_num_threads(2)
     path = onnx_file(cache, config, impl, size)
-    result = export_onnx(build_network(config, "grid_sample"), path, impl=impl, input_size=size, verify=True,
-                         verify_dynamic=False)
+    result = export_onnx(
+        build_network(config, "grid_sample"), path, impl=impl, input_size=size, verify=True, verify_dynamic=False
+    )
     return {"export_s": result.export_s, "max_abs_diff": result.max_abs_diff}
 
 
@@ -271,8 +276,13 @@ def _side_by_side(config: str, size: int, repeats: int, threads: int, cache: Pat
         if not path.is_file():
             continue
         for level in levels:
-            m = OnnxModel(path, providers=["CPUExecutionProvider"], intra_op_num_threads=threads,
-                          graph_optimization_level=level, allow_spinning=not passive())
+            m = OnnxModel(
+                path,
+                providers=["CPUExecutionProvider"],
+                intra_op_num_threads=threads,
+                graph_optimization_level=level,
+                allow_spinning=not passive(),
+            )
             runs[f"ort {impl}, level {level}"] = lambda m=m: m.run_numpy(xn)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for fn in runs.values():
@@ -283,8 +293,17 @@ def _side_by_side(config: str, size: int, repeats: int, threads: int, cache: Pat
             fn()
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["eager (grid_sample)"])
-    return [{"config": config, "size": size, "threads": threads, "run": k, "fwd_ms": 1e3 * statistics.median(v),
-             "speedup": base / statistics.median(v)} for k, v in times.items()]
+    return [
+        {
+            "config": config,
+            "size": size,
+            "threads": threads,
+            "run": k,
+            "fwd_ms": 1e3 * statistics.median(v),
+            "speedup": base / statistics.median(v),
+        }
+        for k, v in times.items()
+    ]
 
 
 # --------------------------------------------------------------------------- per-config extras
@@ -319,8 +338,11 @@ def loader_samples_per_s(size: int, reps: int = 3) -> float | None:
         return float(bench_data.loader_samples_per_s(size))
     try:
         ds = bench_data.CocoKeypointDataset(
-            bench_data.ANN, bench_data.COCO_SAMPLE, bench_data.COCO, train=True,
-            transform=bench_data.TrainTransform(bench_data.COCO, size, seed=0),
+            bench_data.ANN,
+            bench_data.COCO_SAMPLE,
+            bench_data.COCO,
+            train=True,
+            transform=bench_data.TrainTransform(bench_data.COCO, size, bench_data.default_codec_config().stride, seed=0),
             encoder=bench_data.TargetEncoder(bench_data.COCO, size // 4),
         )
         n = len(ds)
@@ -370,8 +392,10 @@ def machine_line() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}"
+    )
 
 
 def main() -> None:
@@ -379,15 +403,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256 input, 3 repeats")
     parser.add_argument("--models", nargs="+", default=["w18_small", "w32"], choices=sorted(CONFIGS))
     parser.add_argument("--w48", action="store_true", help="add w48 (slow on CPU)")
-    parser.add_argument("--backends", nargs="+", default=None,
-                        help=f"subset of {CPU_BACKENDS + GPU_BACKENDS} (default: CPU rows, + GPU rows on a GPU)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        help=f"subset of {CPU_BACKENDS + GPU_BACKENDS} (default: CPU rows, + GPU rows on a GPU)",
+    )
     parser.add_argument("--size", type=int, default=None, help="input side (default: the config's; 256 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; 3 with --quick)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads and onnxruntime intra-op threads")
     parser.add_argument("--no-train", action="store_true", help="skip the training columns")
     parser.add_argument("--explore-ort", action="store_true", help="side by side: every ORT optimisation level")
-    parser.add_argument("--passive", action="store_true",
-                        help="idle threads sleep: OMP_WAIT_POLICY=PASSIVE, no onnxruntime spinning (shared machines)")
+    parser.add_argument(
+        "--passive",
+        action="store_true",
+        help="idle threads sleep: OMP_WAIT_POLICY=PASSIVE, no onnxruntime spinning (shared machines)",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per row")
     parser.add_argument("--json", type=Path, default=None, help="also write every row to this file")
     parser.add_argument("--_row", nargs=3, help=argparse.SUPPRESS)
@@ -427,8 +458,10 @@ def main() -> None:
         common.append("--explore-ort")
     print(f"# DEKR benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"# {machine_line()}")
-    print(f"# {args.threads} threads, {repeats} repeats (median), idle threads "
-          f"{'sleep (--passive)' if passive() else 'spin (default)'}, load average at start {os.getloadavg()[0]:.2f}")
+    print(
+        f"# {args.threads} threads, {repeats} repeats (median), idle threads "
+        f"{'sleep (--passive)' if passive() else 'spin (default)'}, load average at start {os.getloadavg()[0]:.2f}"
+    )
     all_rows: list[dict] = []
     for config in models:
         size = args.size or (256 if args.quick else CONFIGS[config][2])
@@ -441,16 +474,21 @@ def main() -> None:
         extras = child(["--_extras", *sized], args.timeout)
         rows = [dict(child(["--_row", config, b, str(size), *sized], args.timeout), backend=b) for b in backends]
         side = child(["--_side", config, *sized], args.timeout)
-        print(f"\n## {config} ({CONFIGS[config][0]}), input {size}x{size}, batch 1 (train: batch 2)"
-              f"  [{time.perf_counter() - t0:.0f} s]")
+        print(
+            f"\n## {config} ({CONFIGS[config][0]}), input {size}x{size}, batch 1 (train: batch 2)"
+            f"  [{time.perf_counter() - t0:.0f} s]"
+        )
         for impl, e in exports.items():
             if "error" in e:
                 print(f"  export {impl}: FAILED: {e['error']}")
             else:
-                print(f"  export {impl}: {e['export_s']:.0f} s, "
-                      f"onnxruntime vs PyTorch max |diff| {e['max_abs_diff']:.1e}")
-        print("| backend | fwd ms | e2e img/s | decode ms | decode % | train img/s | loader smp/s "
-              "| peak MiB inf | peak MiB train | notes |")
+                print(
+                    f"  export {impl}: {e['export_s']:.0f} s, onnxruntime vs PyTorch max |diff| {e['max_abs_diff']:.1e}"
+                )
+        print(
+            "| backend | fwd ms | e2e img/s | decode ms | decode % | train img/s | loader smp/s "
+            "| peak MiB inf | peak MiB train | notes |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         dec = extras.get("decode_ms")
         for r in rows:
@@ -463,10 +501,12 @@ def main() -> None:
                 notes.append(f"compile {r['compile_s']:.0f} s")
             if "train_compile_s" in r:
                 notes.append(f"train compile {r['train_compile_s']:.0f} s")
-            print(f"| {r['backend']} | {fmt(r.get('fwd_ms'))} | {fmt(r.get('e2e_ips'), '.2f')} | {fmt(dec, '.2f')} "
-                  f"| {fmt(share)} | {fmt(r.get('train_ips'), '.2f')} | {fmt(extras.get('loader_sps'))} "
-                  f"| {fmt(r.get('peak_inf_mib'), '.0f')} | {fmt(r.get('peak_train_mib'), '.0f')} "
-                  f"| {'; '.join(n for n in notes if n)} |")
+            print(
+                f"| {r['backend']} | {fmt(r.get('fwd_ms'))} | {fmt(r.get('e2e_ips'), '.2f')} | {fmt(dec, '.2f')} "
+                f"| {fmt(share)} | {fmt(r.get('train_ips'), '.2f')} | {fmt(extras.get('loader_sps'))} "
+                f"| {fmt(r.get('peak_inf_mib'), '.0f')} | {fmt(r.get('peak_train_mib'), '.0f')} "
+                f"| {'; '.join(n for n in notes if n)} |"
+            )
             all_rows.append({**r, **extras})
         if isinstance(side, list):
             print(f"side by side, interleaved in one process (batch 1, {size}x{size}):")

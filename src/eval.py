@@ -10,6 +10,7 @@ Prints a metrics table; writes ``results.json`` (COCO keypoint results, original
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -39,31 +40,59 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     seen, start = 0, time.perf_counter()
     bar = tqdm(total=limit or len(loader.dataset), disable=not cfg.progress, desc="eval", unit="img")
     for batch in loader:
-        if limit is not None:
-            batch = batch[: max(0, int(limit) - seen)]
-        if not batch:
+        if limit is not None and seen >= int(limit):
             break
+        if limit is not None:
+            batch = batch[: int(limit) - seen]
+        if not batch:  # every image of this batch was unreadable (skipped with a warning)
+            continue
         results = estimator.predict_batch([s["image"] for s in batch])
         metric.update([s["image_id"] for s in batch], [r.poses for r in results], [r.scores for r in results])
         seen += len(batch)
         bar.update(len(batch))
     bar.close()
     elapsed = time.perf_counter() - start
-    stats = {k: float(v) for k, v in metric.compute().items()}
     out = Path(cfg.get("output_dir") or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    if seen == 0:
+        write_json(out / "metrics.json", {"metrics": None, "images": 0, "checkpoint": str(cfg.checkpoint),
+                                          "error": "no image could be evaluated"})
+        raise NothingEvaluatedError(
+            f"no image of the {cfg.split} split could be evaluated ({len(loader.dataset)} listed in "
+            f"{dm.annotation_file(cfg.split)}; unreadable images are skipped with a warning): check the image folder "
+            f"(data.{cfg.split}_images, data.root) and the files"
+        )
+    stats = {k: float(v) for k, v in metric.compute().items()}
     write_json(out / "results.json", metric.predictions())
-    write_json(out / "metrics.json", {"metrics": stats, "images": seen, "seconds": elapsed,
-                                      "checkpoint": str(cfg.checkpoint), "flip_test": estimator.flip_test,
-                                      "scales": list(estimator.scales), "test": OmegaConf.to_container(cfg.test, resolve=True),
-                                      "codec": estimator.cfg.to_dict()})
+    write_json(
+        out / "metrics.json",
+        {
+            "metrics": stats,
+            "images": seen,
+            "seconds": elapsed,
+            "checkpoint": str(cfg.checkpoint),
+            "flip_test": estimator.flip_test,
+            "scales": list(estimator.scales),
+            "test": OmegaConf.to_container(cfg.test, resolve=True),
+            "codec": estimator.cfg.to_dict(),
+        },
+    )
     print(format_table(stats))
     log.info("%d images in %.1f s; results and metrics in %s", seen, elapsed, out)
     return stats
 
 
+class NothingEvaluatedError(RuntimeError):
+    """No image of the split could be read."""
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
-    return evaluate(cfg)["AP"]
+    try:
+        return evaluate(cfg)["AP"]
+    except (NothingEvaluatedError, FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

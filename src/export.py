@@ -41,13 +41,25 @@ def run_export(cfg: DictConfig) -> ExportResult:
     model = build_network(spec, cfg.model, stored, prefer_stored=bool(cfg.model_from_checkpoint)).eval()
     size = cfg.input_size if isinstance(cfg.input_size, int) else list(cfg.input_size)
     result = export_onnx(
-        model, cfg.output, impl=cfg.adaptive_impl, opset=cfg.opset, input_size=size,
-        batch_size=int(cfg.batch_size), verify=bool(cfg.verify), verify_dynamic=bool(cfg.verify_dynamic),
-        atol=float(cfg.atol), rtol=float(cfg.get("rtol", 0.0)), codec=codec,
+        model,
+        cfg.output,
+        impl=cfg.adaptive_impl,
+        opset=cfg.opset,
+        input_size=size,
+        batch_size=int(cfg.batch_size),
+        verify=bool(cfg.verify),
+        verify_dynamic=bool(cfg.verify_dynamic),
+        atol=float(cfg.atol),
+        rtol=float(cfg.get("rtol", 0.0)),
+        codec=codec,
     )
     if result.checks:
-        log.info("verified in %.1f s; largest difference %.2e (atol %.0e)", result.verify_s, result.max_abs_diff,
-                 float(cfg.atol))
+        log.info(
+            "verified in %.1f s; largest difference %.2e (atol %.0e)",
+            result.verify_s,
+            result.max_abs_diff,
+            float(cfg.atol),
+        )
     return result
 
 

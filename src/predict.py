@@ -10,6 +10,7 @@ Writes into the run folder: ``predictions.json`` (COCO keypoint results in origi
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,20 +52,44 @@ def list_inputs(path: Path) -> tuple[list[Path], list[Path]]:
 
 def _records(res: PoseResult, image_id: int, min_score: float, **extra: object) -> list[dict]:
     keep = res.scores >= min_score
-    return [{"image_id": image_id, "category_id": 1, "keypoints": [float(v) for v in p.reshape(-1)],
-             "score": float(s), **extra} for p, s in zip(res.poses[keep], res.scores[keep])]
+    return [
+        {
+            "image_id": image_id,
+            "category_id": 1,
+            "keypoints": [float(v) for v in p.reshape(-1)],
+            "score": float(s),
+            **extra,
+        }
+        for p, s in zip(res.poses[keep], res.scores[keep])
+    ]
 
 
 def _draw(image: np.ndarray, res: PoseResult, spec: KeypointSpec, cfg: DictConfig) -> np.ndarray:
     keep = res.scores >= cfg.draw.min_score
-    return draw_poses(image, res.poses[keep], spec, res.scores[keep] if cfg.draw.show_scores else None,
-                      joint_threshold=float(cfg.draw.joint_threshold))
+    return draw_poses(
+        image,
+        res.poses[keep],
+        spec,
+        res.scores[keep] if cfg.draw.show_scores else None,
+        joint_threshold=float(cfg.draw.joint_threshold),
+    )
 
 
-def predict_images(paths: list[Path], est: PoseEstimator, spec: KeypointSpec, cfg: DictConfig, out: Path,
-                   records: list[dict], skipped: list[str]) -> None:
+def predict_images(
+    paths: list[Path],
+    est: PoseEstimator,
+    spec: KeypointSpec,
+    cfg: DictConfig,
+    out: Path,
+    records: list[dict],
+    skipped: list[str],
+) -> None:
     """Images in batches; overlays under ``out/overlays``."""
     overlay_dir = out / "overlays"
+    stems = [p.stem for p in paths]
+    # one overlay per input: files sharing a stem (a.jpg, a.png) keep their extension in the name
+    overlay_name = {p: f"{p.stem}.jpg" if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix.lstrip('.')}.jpg"
+                    for p in paths}
     bar = tqdm(total=len(paths), disable=not cfg.progress, desc="images", unit="img")
 
     def readable() -> Iterator[tuple[int, Path, np.ndarray]]:
@@ -84,15 +109,15 @@ def predict_images(paths: list[Path], est: PoseEstimator, spec: KeypointSpec, cf
         if item is not None:
             chunk.append(item)
         if chunk and (item is None or len(chunk) == est.batch_size):
-            for (i, p, img), res in zip(chunk, _safe_batch(est, [c[2] for c in chunk], [c[1] for c in chunk],
-                                                           skipped)):
+            for (i, p, img), res in zip(chunk, _safe_batch(est, [c[2] for c in chunk], [c[1] for c in chunk], skipped)):
                 if res is None:
                     continue
                 records.extend(_records(res, i, cfg.min_score, file_name=p.name))
                 if cfg.draw.overlays:
                     overlay_dir.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(overlay_dir / f"{p.stem}.jpg"), cv2.cvtColor(_draw(img, res, spec, cfg),
-                                                                                 cv2.COLOR_RGB2BGR))
+                    cv2.imwrite(
+                        str(overlay_dir / overlay_name[p]), cv2.cvtColor(_draw(img, res, spec, cfg), cv2.COLOR_RGB2BGR)
+                    )
             bar.update(len(chunk))
             chunk = []
         if item is None:
@@ -100,8 +125,9 @@ def predict_images(paths: list[Path], est: PoseEstimator, spec: KeypointSpec, cf
     bar.close()
 
 
-def _safe_batch(est: PoseEstimator, images: list[np.ndarray], names: list[Path],
-                skipped: list[str]) -> list[PoseResult | None]:
+def _safe_batch(
+    est: PoseEstimator, images: list[np.ndarray], names: list[Path], skipped: list[str]
+) -> list[PoseResult | None]:
     """Predict a batch; on failure retry image by image and report the ones that fail."""
     try:
         return est.predict_batch(images)
@@ -118,8 +144,16 @@ def _safe_batch(est: PoseEstimator, images: list[np.ndarray], names: list[Path],
     return out
 
 
-def predict_video(path: Path, est: PoseEstimator, spec: KeypointSpec, cfg: DictConfig, out: Path,
-                  records: list[dict], skipped: list[str], video_id: int) -> None:
+def predict_video(
+    path: Path,
+    est: PoseEstimator,
+    spec: KeypointSpec,
+    cfg: DictConfig,
+    out: Path,
+    records: list[dict],
+    skipped: list[str],
+    video_id: int,
+) -> None:
     """Frames in batches; writes ``out/<name>_pose.mp4``."""
     cap = cv2.VideoCapture(str(path))
     ok, first = cap.read() if cap.isOpened() else (False, None)
@@ -132,8 +166,7 @@ def predict_video(path: Path, est: PoseEstimator, spec: KeypointSpec, cfg: DictC
     limit = cfg.video.max_frames
     h, w = first.shape[:2]
     out.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(out / f"{path.stem}_pose.mp4"), cv2.VideoWriter_fourcc(*cfg.video.codec),
-                             fps, (w, h))
+    writer = cv2.VideoWriter(str(out / f"{path.stem}_pose.mp4"), cv2.VideoWriter_fourcc(*cfg.video.codec), fps, (w, h))
 
     def frames() -> Iterator[np.ndarray]:
         frame, n = first, 0
@@ -143,8 +176,12 @@ def predict_video(path: Path, est: PoseEstimator, spec: KeypointSpec, cfg: DictC
             ok, frame = cap.read()
             frame = frame if ok else None
 
-    bar = tqdm(total=min(total, limit) if total and limit else (total or limit), disable=not cfg.progress,
-               desc=path.name, unit="frame")
+    bar = tqdm(
+        total=min(total, limit) if total and limit else (total or limit),
+        disable=not cfg.progress,
+        desc=path.name,
+        unit="frame",
+    )
     batch: list[np.ndarray] = []
     index = 0
 
@@ -172,9 +209,15 @@ def predict_video(path: Path, est: PoseEstimator, spec: KeypointSpec, cfg: DictC
 
 def predict(cfg: DictConfig) -> dict:
     """Run prediction as described by ``cfg`` (conf/predict.yaml); returns a summary dict."""
-    est, spec = build_estimator(cfg)
     out = Path(cfg.output_dir)
+    earlier = [f for f in ("predictions.json", "summary.json") if (out / f).exists()]
+    if earlier and not cfg.get("overwrite", False):
+        raise FileExistsError(
+            f"{out} already holds {', '.join(earlier)} of an earlier prediction; give another run_name=... "
+            "(or output_dir=...), or overwrite=true to replace them"
+        )
     images, videos = list_inputs(Path(cfg.input))
+    est, spec = build_estimator(cfg)
     records: list[dict] = []
     skipped: list[str] = []
     if images:
@@ -182,17 +225,45 @@ def predict(cfg: DictConfig) -> dict:
     for i, video in enumerate(videos):
         predict_video(video, est, spec, cfg, out, records, skipped, video_id=len(images) + i)
     write_json(out / "predictions.json", records)
-    summary = {"images": len(images), "videos": len(videos), "people": len(records), "skipped": skipped,
-               "output_dir": str(out)}
+    summary = {
+        "images": len(images),
+        "videos": len(videos),
+        "people": len(records),
+        "skipped": skipped,
+        "output_dir": str(out),
+        "flip_test": est.flip_test,
+        "scales": list(est.scales),
+    }
     write_json(out / "summary.json", summary)
-    log.info("%d images, %d videos, %d poses -> %s%s", len(images), len(videos), len(records), out,
-             f"; skipped {len(skipped)}: {skipped}" if skipped else "")
+    if skipped and len(skipped) >= len(images) + len(videos):
+        raise NothingProcessedError(
+            f"none of the {len(images) + len(videos)} inputs under {cfg.input} could be processed (skipped: "
+            f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}; the list is in {out / 'summary.json'}); "
+            "check that they are images or videos OpenCV can read"
+        )
+    log.info(
+        "%d images, %d videos, %d poses -> %s%s",
+        len(images),
+        len(videos),
+        len(records),
+        out,
+        f"; skipped {len(skipped)}: {skipped}" if skipped else "",
+    )
     return summary
+
+
+class NothingProcessedError(RuntimeError):
+    """Every input was skipped: the run produced nothing."""
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    try:
+        predict(cfg)
+    except (FileExistsError, FileNotFoundError, NothingProcessedError, ValueError) as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -118,10 +118,13 @@ def test_normaliser_is_vectorised() -> None:
     n = 26_000  # a tenth of COCO train; the full 260k take about 1.4 s (bare) on one core
     kp = rng.uniform(0, 400, (n, 17, 3)).round(1)
     kp[..., 2] = rng.integers(0, 3, (n, 17))
-    data = {"images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(1000)],
-            "annotations": [{"id": j + 1, "image_id": j % 1000, "category_id": 1, "keypoints": kp[j].ravel().tolist()}
-                            for j in range(n)],
-            "categories": [{"id": 1, "name": "person", "keypoints": list(COCO.names)}]}
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(1000)],
+        "annotations": [
+            {"id": j + 1, "image_id": j % 1000, "category_id": 1, "keypoints": kp[j].ravel().tolist()} for j in range(n)
+        ],
+        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO.names)}],
+    }
     start = time.perf_counter()
     out, report = load_annotations(data, COCO)
     assert time.perf_counter() - start < 3.0
@@ -144,8 +147,11 @@ def test_wrong_length_in_the_70th_annotation(coco_sample: Path, tmp_path: Path) 
     data = _many(coco_sample)
     data["annotations"][69]["keypoints"] = data["annotations"][69]["keypoints"][:48]
     path = _write(tmp_path / "seventy.json", data)
-    with pytest.raises(AnnotationError, match=r"seventy\.json.*expected 3\*K = 51.*'coco' layout.*id 70 has 48"
-                                              r".*data\.keypoints"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"seventy\.json.*expected 3\*K = 51.*'coco' layout.*id 70 has 48"
+        r".*data\.keypoints",
+    ):
         load_annotations(path, COCO)
 
 
@@ -207,7 +213,9 @@ def test_bad_files_name_the_file_the_id_and_the_fix(coco_sample: Path, tmp_path:
 
 
 def test_category_keypoint_count_against_the_layout(coco_sample: Path) -> None:
-    with pytest.raises(ValueError, match="declares 17 keypoints but the keypoint spec 'crowdpose' has 14.*data.keypoints"):
+    with pytest.raises(
+        ValueError, match="declares 17 keypoints but the keypoint spec 'crowdpose' has 14.*data.keypoints"
+    ):
         load_annotations(coco_sample / SAMPLE_JSON, CROWDPOSE)
 
 
@@ -231,8 +239,9 @@ def test_area_ranges(coco_sample: Path) -> None:
     preds = _gt_predictions(data)
     shifted = [{**p, "keypoints": (np.asarray(p["keypoints"]) + np.tile([4.0, 0.0, 0.0], 17)).tolist()} for p in preds]
     default = evaluate_keypoints(data, shifted, COCO)
-    same = evaluate_keypoints(data, shifted, COCO, area_ranges={"all": [0, 1e10], "medium": [32**2, 96**2],
-                                                               "large": [96**2, 1e10]})
+    same = evaluate_keypoints(
+        data, shifted, COCO, area_ranges={"all": [0, 1e10], "medium": [32**2, 96**2], "large": [96**2, 1e10]}
+    )
     assert list(default) == list(COCO_NAMES) and same == default
     single = evaluate_keypoints(data, shifted, COCO, area_ranges={"all": [0, 1e10]})
     assert list(single) == ["AP", "AP50", "AP75", "AR", "AR50", "AR75"]
@@ -252,13 +261,20 @@ def test_area_ranges(coco_sample: Path) -> None:
 
 def _check(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "dekr.data.check", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dekr.data.check", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _sample_overrides(root: Path) -> list[str]:
-    return ["data=coco", f"data.root={root}", f"data.train_ann={SAMPLE_JSON}", "data.train_images=.",
-            f"data.val_ann={SAMPLE_JSON}", "data.val_images=."]
+    return [
+        "data=coco",
+        f"data.root={root}",
+        f"data.train_ann={SAMPLE_JSON}",
+        "data.train_images=.",
+        f"data.val_ann={SAMPLE_JSON}",
+        "data.val_images=.",
+    ]
 
 
 def test_check_cli_on_the_sample(coco_sample: Path) -> None:
@@ -279,15 +295,22 @@ def test_check_cli_on_a_broken_copy(coco_sample: Path, tmp_path: Path) -> None:
     _write(root / SAMPLE_JSON, data)
     (root / "000000196141.jpg").write_bytes(b"not a jpeg")
     names = json.dumps(list(COCO.names))
-    run = _check(*_sample_overrides(root), "~data.keypoints.builtin", "+data.keypoints.name=mine",
-                 f"+data.keypoints.names={names}", "+data.keypoints.skeleton=[[1,2],[2,3],[6,7]]",
-                 "+data.keypoints.flip_pairs=[[1,2],[3,4]]", f"+data.keypoints.sigmas={[0.05] * 16 + [1.5]}")
+    run = _check(
+        *_sample_overrides(root),
+        "~data.keypoints.builtin",
+        "+data.keypoints.name=mine",
+        f"+data.keypoints.names={names}",
+        "+data.keypoints.skeleton=[[1,2],[2,3],[6,7]]",
+        "+data.keypoints.flip_pairs=[[1,2],[3,4]]",
+        f"+data.keypoints.sigmas={[0.05] * 16 + [1.5]}",
+    )
     out = run.stdout
     assert run.returncode == 1, out + run.stderr
     assert "looks 1-based" in out and "subtract 1" in out  # skeleton
     assert "left_shoulder/right_shoulder: add [5, 6] to flip_pairs" in out
     assert "OKS sigmas  ERROR   must be 0 < s < 1" in out and "right_ankle=1.5" in out
-    assert "missing fields           WARN    num_keypoints: 14 of 14" in out and "area: 14 of 14, filled from bbox" in out
+    assert "missing fields           WARN    filled as the loader and the metric do: num_keypoints: 14 of 14" in out
+    assert "area: 14 of 14 (from bbox w*h)" in out
     assert "1 of 4 missing" in out and "gone.jpg" in out and "1 of 4 unreadable: 000000196141.jpg" in out
     assert "keypoints outside image  WARN" in out and "(9999, 81)" in out
 

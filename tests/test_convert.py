@@ -71,27 +71,37 @@ def _mmpose_state(model: DEKR, seed: int) -> dict[str, torch.Tensor]:
         return torch.randn(*shape, generator=g) * scale
 
     c_in, c = model.backbone.out_channels, 15 * K
-    state = {"backbone." + k[len("backbone.body."):]: v for k, v in model.state_dict().items()
-             if k.startswith("backbone.body.")}
+    state = {
+        "backbone." + k[len("backbone.body.") :]: v
+        for k, v in model.state_dict().items()
+        if k.startswith("backbone.body.")
+    }
 
     def bn(prefix: str, n: int) -> None:
-        state.update({f"{prefix}.weight": 1 + rnd(n, scale=0.1), f"{prefix}.bias": rnd(n, scale=0.1),
-                      f"{prefix}.running_mean": rnd(n, scale=0.1), f"{prefix}.running_var": rnd(n).abs() + 0.5,
-                      f"{prefix}.num_batches_tracked": torch.tensor(7)})
+        state.update(
+            {
+                f"{prefix}.weight": 1 + rnd(n, scale=0.1),
+                f"{prefix}.bias": rnd(n, scale=0.1),
+                f"{prefix}.running_mean": rnd(n, scale=0.1),
+                f"{prefix}.running_var": rnd(n).abs() + 0.5,
+                f"{prefix}.num_batches_tracked": torch.tensor(7),
+            }
+        )
 
     h, d = "head.heatmap_conv_layers", "head.displacement_conv_layers"
-    state[f"{h}.0.conv.weight"] = rnd(32, c_in, 1, 1, scale=c_in ** -0.5)
+    state[f"{h}.0.conv.weight"] = rnd(32, c_in, 1, 1, scale=c_in**-0.5)
     bn(f"{h}.0.bn", 32)
     state[f"{h}.1.conv1.weight"] = rnd(32, 32, 3, 3, scale=0.05)
     state[f"{h}.1.conv2.weight"] = rnd(32, 32, 3, 3, scale=0.05)
     bn(f"{h}.1.bn1", 32)
     bn(f"{h}.1.bn2", 32)
     state[f"{h}.2.weight"], state[f"{h}.2.bias"] = rnd(K + 1, 32, 1, 1), rnd(K + 1)
-    state[f"{d}.0.conv.weight"] = rnd(c, c_in, 1, 1, scale=c_in ** -0.5)
+    state[f"{d}.0.conv.weight"] = rnd(c, c_in, 1, 1, scale=c_in**-0.5)
     bn(f"{d}.0.bn", c)
     for layer in (1, 2):
         state[f"{d}.{layer}.regular_matrix"] = torch.tensor(
-            [[-1.0, -1, -1, 0, 0, 0, 1, 1, 1], [-1.0, 0, 1, -1, 0, 1, -1, 0, 1], [1.0] * 9])
+            [[-1.0, -1, -1, 0, 0, 0, 1, 1, 1], [-1.0, 0, 1, -1, 0, 1, -1, 0, 1], [1.0] * 9]
+        )
         state[f"{d}.{layer}.transform_matrix_conv.weight"] = rnd(6 * K, 15, 3, 3, scale=0.05)
         state[f"{d}.{layer}.transform_matrix_conv.bias"] = rnd(6 * K, scale=0.3)
         state[f"{d}.{layer}.adapt_conv.weight"] = rnd(c, 15, 3, 3, scale=0.1)
@@ -104,8 +114,9 @@ def _mmpose_heads(state: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torc
     """MMPose's DEKRHead forward, written from its published definition, on features ``x``."""
 
     def bn(t: torch.Tensor, p: str) -> torch.Tensor:
-        return F.batch_norm(t, state[p + ".running_mean"], state[p + ".running_var"],
-                            state[p + ".weight"], state[p + ".bias"], False)
+        return F.batch_norm(
+            t, state[p + ".running_mean"], state[p + ".running_var"], state[p + ".weight"], state[p + ".bias"], False
+        )
 
     h, d = "head.heatmap_conv_layers", "head.displacement_conv_layers"
     y = F.relu(bn(F.conv2d(x, state[f"{h}.0.conv.weight"]), f"{h}.0.bn"))
@@ -116,8 +127,9 @@ def _mmpose_heads(state: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torc
     n, _, hh, ww = y.shape
     for layer in (1, 2):
         p = f"{d}.{layer}"
-        aff = F.conv2d(y, state[p + ".transform_matrix_conv.weight"], state[p + ".transform_matrix_conv.bias"],
-                       padding=1, groups=K)
+        aff = F.conv2d(
+            y, state[p + ".transform_matrix_conv.weight"], state[p + ".transform_matrix_conv.bias"], padding=1, groups=K
+        )
         aff = aff.permute(0, 2, 3, 1).reshape(n, hh, ww, K, 2, 3)
         off = (aff @ state[p + ".regular_matrix"]).transpose(4, 5).reshape(n, hh, ww, K * 18).permute(0, 3, 1, 2)
         out = deform_conv2d(y, off.contiguous(), state[p + ".adapt_conv.weight"], padding=1)

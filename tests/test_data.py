@@ -14,11 +14,11 @@ import torch
 from conftest import compose_data
 from omegaconf import OmegaConf
 
+from dekr.codec.encode import TargetEncoder
 from dekr.data.coco import CocoKeypointDataset, eval_collate, ignore_region
 from dekr.data.datamodule import DEKRDataModule
 from dekr.data.transforms import FlipWithPairs, TrainTransform, crop_matrix
 from dekr.keypoints import COCO, CROWDPOSE, build_keypoint_spec
-from dekr.codec.encode import TargetEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,15 +39,16 @@ def _case_outputs(m: dict) -> list[ScaleOutput]:
     outs = []
     for i, f in enumerate(sorted(m["factors"], reverse=True)):
         g = input_geometry(*m["image_hw"], m["input_size"], f)
-        o = fabricate_outputs(spec, m["people"], g.size[1] // 4, g.size[0] // 4, seed=m["seed"] * 10 + i,
-                              flip=m["flip"])
+        o = fabricate_outputs(
+            spec, m["people"], g.size[1] // 4, g.size[0] // 4, seed=m["seed"] * 10 + i, flip=m["flip"]
+        )
         outs.append(ScaleOutput(f, o["heatmaps"], o["offsets"], o.get("heatmaps_flip"), o.get("offsets_flip")))
     return outs
 
 
 def _rescorer(z, name: str, spec: KeypointSpec) -> Rescorer:
     pre = f"{name}/rescore/"
-    state = {k[len(pre):]: torch.from_numpy(z[k]) for k in z.files if k.startswith(pre)}
+    state = {k[len(pre) :]: torch.from_numpy(z[k]) for k in z.files if k.startswith(pre)}
     r = Rescorer(spec, state["l1.weight"].shape[0])
     r.net.load_state_dict(state)
     return r.eval()
@@ -60,8 +61,12 @@ def test_same_poses_and_scores_as_reference(name: str) -> None:
     m = meta[name]
     spec = get_keypoint_spec(m["layout"])
     outs = _case_outputs(m)
-    checksum = sum(float(t.double().abs().sum()) for o in outs
-                   for t in (o.heatmaps, o.offsets, o.heatmaps_flip, o.offsets_flip) if t is not None)
+    checksum = sum(
+        float(t.double().abs().sum())
+        for o in outs
+        for t in (o.heatmaps, o.offsets, o.heatmaps_flip, o.offsets_flip)
+        if t is not None
+    )
     assert checksum == pytest.approx(m["checksum"], rel=1e-9), "fabricated outputs changed; regenerate the fixture"
     # the fixture ran the official defaults, NMS_NUM_THRE 8 for every layout (here CrowdPose's floor(K/2) is 7)
     d = decode(outs, spec, codec_config({"nms": {"min_joints": 8}}))
@@ -87,8 +92,10 @@ class _FixedModel:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls.append(tuple(x.shape))
         if x.shape[0] == 2 * self.out.heatmaps.shape[0]:
-            return (torch.cat((self.out.heatmaps, self.out.heatmaps_flip)),
-                    torch.cat((self.out.offsets, self.out.offsets_flip)))
+            return (
+                torch.cat((self.out.heatmaps, self.out.heatmaps_flip)),
+                torch.cat((self.out.offsets, self.out.offsets_flip)),
+            )
         return self.out.heatmaps, self.out.offsets
 
 
@@ -205,13 +212,22 @@ def test_nms_asymmetric_threshold() -> None:
 def _roundtrip(gt: dict, spec: KeypointSpec, flip: bool, max_dets: int, cfg=None) -> dict:
     ids, poses, scores = [], [], []
     for im in gt["images"]:
-        anns = [a for a in gt["annotations"] if a["image_id"] == im["id"] and
-                (a["iscrowd"] == 0 or a["num_keypoints"] > 0)]
+        anns = [
+            a for a in gt["annotations"] if a["image_id"] == im["id"] and (a["iscrowd"] == 0 or a["num_keypoints"] > 0)
+        ]
         kp = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(anns), spec.num_keypoints, 3)
         area = np.array([a.get("area", 1e9) for a in anns])
         cfg = cfg or default_codec_config()
-        out = outputs_from_ground_truth(kp, area, (im["height"], im["width"]), spec, cfg, 512, flip=flip,
-                                        min_center_area=1024.0 if spec.name == "coco" else 0.0)
+        out = outputs_from_ground_truth(
+            kp,
+            area,
+            (im["height"], im["width"]),
+            spec,
+            cfg,
+            512,
+            flip=flip,
+            min_center_area=1024.0 if spec.name == "coco" else 0.0,
+        )
         d = decode([out], spec, cfg)
         g = input_geometry(im["height"], im["width"], 512)
         p = torch.cat((input_to_original(d.poses[..., :2], [g]), d.poses[..., 2:]), -1)[0][d.valid[0]]
@@ -262,8 +278,9 @@ class _SizeModel:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.by_width[x.shape[-1]]
         n = x.shape[0] // 2
-        return torch.cat((o.heatmaps.expand(n, -1, -1, -1), o.heatmaps_flip.expand(n, -1, -1, -1))), \
-            torch.cat((o.offsets.expand(n, -1, -1, -1), o.offsets_flip.expand(n, -1, -1, -1)))
+        return torch.cat((o.heatmaps.expand(n, -1, -1, -1), o.heatmaps_flip.expand(n, -1, -1, -1))), torch.cat(
+            (o.offsets.expand(n, -1, -1, -1), o.offsets_flip.expand(n, -1, -1, -1))
+        )
 
 
 def test_predictor_multiscale_batch_matches_reference() -> None:

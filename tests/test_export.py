@@ -216,16 +216,24 @@ def test_onnx_and_torch_backends_give_the_same_poses(deform_export, small_model:
     outputs: dict[str, list] = {"torch": [], "onnx": []}
     poses = {}
     for kind in ("torch", "onnx"):
-        model = load_backend(kind, model=small_model, onnx_path=deform_export.path if kind == "onnx" else None,
-                             providers=["CPUExecutionProvider"] if kind == "onnx" else None)
+        model = load_backend(
+            kind,
+            model=small_model,
+            onnx_path=deform_export.path if kind == "onnx" else None,
+            providers=["CPUExecutionProvider"] if kind == "onnx" else None,
+        )
 
         def recording(images: torch.Tensor, model=model, kind=kind) -> tuple[torch.Tensor, torch.Tensor]:
             out = model(images)
             outputs[kind].append(out)
             return out
 
-        estimator = PoseEstimator(recording, COCO, codec_config({"centers": {"max_people": 5}}),
-                                  TestConfig(input_size=128, flip=True, scales=(1.0,), batch_size=2, max_dets=20))
+        estimator = PoseEstimator(
+            recording,
+            COCO,
+            codec_config({"centers": {"max_people": 5}}),
+            TestConfig(input_size=128, flip=True, scales=(1.0,), batch_size=2, max_dets=20),
+        )
         estimator(samples)
         poses[kind] = estimator(textures)
     assert len(outputs["torch"]) == len(outputs["onnx"]) >= 2

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dekr.codec.encode import TargetEncoder
 from dekr.data.coco import train_collate
 from dekr.keypoints import COCO
 from dekr.losses import DEKRLoss, gather_offsets, heatmap_loss, offset_loss, smooth_l1
-from dekr.codec.encode import TargetEncoder
 
 
 def _people(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -61,9 +61,13 @@ def test_zero_when_prediction_equals_target() -> None:
     _, samples, dense = _samples()
     batch = train_collate(samples)
     offsets = torch.from_numpy(np.stack([x["offsets"] for x in dense]))
-    torch.testing.assert_close(gather_offsets(offsets, batch["offset_pixel"])[batch["offset_weight"] > 0],
-                               batch["offset_target"][batch["offset_weight"] > 0])
-    losses = DEKRLoss(heatmap_factor=1.0, offset_factor=0.03, beta=1 / 9, bg_weight=0.1)(batch["heatmaps"].clone(), offsets, batch)
+    torch.testing.assert_close(
+        gather_offsets(offsets, batch["offset_pixel"])[batch["offset_weight"] > 0],
+        batch["offset_target"][batch["offset_weight"] > 0],
+    )
+    losses = DEKRLoss(heatmap_factor=1.0, offset_factor=0.03, beta=1 / 9, bg_weight=0.1)(
+        batch["heatmaps"].clone(), offsets, batch
+    )
     assert all(v.item() == 0.0 for v in losses.values())
 
 

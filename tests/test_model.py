@@ -170,8 +170,11 @@ def test_translation_moves_samples() -> None:
     transform = torch.zeros(1, 6, 6, 8, dtype=torch.float64)
     transform[:, 0] = transform[:, 3] = 1.0
     transform[:, 5] = 1.0
-    dy, dx = sampling_displacements(transform, torch.tensor(
-        [[-1.0, -1, -1, 0, 0, 0, 1, 1, 1], [-1.0, 0, 1, -1, 0, 1, -1, 0, 1]], dtype=torch.float64), 1)
+    dy, dx = sampling_displacements(
+        transform,
+        torch.tensor([[-1.0, -1, -1, 0, 0, 0, 1, 1, 1], [-1.0, 0, 1, -1, 0, 1, -1, 0, 1]], dtype=torch.float64),
+        1,
+    )
     shifted = F.conv2d(F.pad(x, (0, 2, 1, 1)), weight)  # out(x) reads x + 1 + gx
     torch.testing.assert_close(adaptive_conv_deform(x, weight, dy, dx, 1), shifted)
     torch.testing.assert_close(adaptive_conv_grid_sample(x, weight, sampling_grid(transform, 1, 1), 1), shifted)
@@ -187,8 +190,9 @@ class _LoopBranch(nn.Module):
         self.translation_conv = nn.Conv2d(channels, 2, 3, padding=1)
         self.adapt_conv_weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         self.bn = nn.BatchNorm2d(channels)
-        self.register_buffer("regular", torch.tensor(
-            [[-1.0, -1, -1, 0, 0, 0, 1, 1, 1], [-1.0, 0, 1, -1, 0, 1, -1, 0, 1]]))
+        self.register_buffer(
+            "regular", torch.tensor([[-1.0, -1, -1, 0, 0, 0, 1, 1, 1], [-1.0, 0, 1, -1, 0, 1, -1, 0, 1]])
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -218,12 +222,18 @@ def test_grouped_head_equals_per_keypoint_loop(impl: str) -> None:
             blk = _LoopBranch(c)
             pre = f"offset_feature_layers.{j}.{b}."
             blk.transform_matrix_conv.load_state_dict(
-                {n: official[pre + "transform_matrix_conv." + n] for n in ("weight", "bias")})
+                {n: official[pre + "transform_matrix_conv." + n] for n in ("weight", "bias")}
+            )
             blk.translation_conv.load_state_dict(
-                {n: official[pre + "translation_conv." + n] for n in ("weight", "bias")})
+                {n: official[pre + "translation_conv." + n] for n in ("weight", "bias")}
+            )
             blk.adapt_conv_weight.data.copy_(official[pre + "adapt_conv.weight"])
-            blk.bn.load_state_dict({n: official[pre + "bn." + n] for n in
-                                    ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")})
+            blk.bn.load_state_dict(
+                {
+                    n: official[pre + "bn." + n]
+                    for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+                }
+            )
             blocks.append(blk)
         final = nn.Conv2d(c, 2, 1)
         final.load_state_dict({n: official[f"offset_final_layer.{j}.{n}"] for n in ("weight", "bias")})
@@ -232,7 +242,7 @@ def test_grouped_head_equals_per_keypoint_loop(impl: str) -> None:
     with torch.no_grad():
         grouped = model.offset_head(features)
         shared = model.offset_head.transition(features)
-        looped = torch.cat([br(shared[:, j * c:(j + 1) * c]) for j, br in enumerate(branches)], dim=1)
+        looped = torch.cat([br(shared[:, j * c : (j + 1) * c]) for j, br in enumerate(branches)], dim=1)
     assert grouped.abs().max() > 0.1
     torch.testing.assert_close(grouped, looped, atol=1e-5, rtol=0)
 

@@ -39,8 +39,9 @@ def execute(name: str, cwd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the quickstart's untrained checkpoint goes there
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name=_kernel_name(),
-                                     resources={"metadata": {"path": str(cwd)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name=_kernel_name(), resources={"metadata": {"path": str(cwd)}}
+    )
     start = time.perf_counter()
     try:
         client.execute()

@@ -30,7 +30,7 @@ def _cfg(name: str, overrides: list[str]):
         return compose(config_name=name, overrides=overrides)
 
 
-COMMON = ["model=dekr_tiny", "input_size=128", "batch_size=2", "device=cpu", "progress=false"]
+COMMON = ["model=dekr_tiny", "test.input_size=128", "test.batch_size=2", "device=cpu", "progress=false"]
 
 
 def test_predict_folder_with_unreadable_file(tmp_path: Path) -> None:
@@ -77,9 +77,19 @@ def test_eval_writes_results_and_metrics(tmp_path: Path) -> None:
     ckpt = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     out = tmp_path / "eval"
-    cfg = _cfg("eval", [*COMMON, f"checkpoint={ckpt}", f"output_dir={out}", f"data.root={DATA / 'coco_sample'}",
-                        "data.val_ann=person_keypoints_sample.json", "data.val_images=.", "num_workers=0",
-                        "limit_images=2"])
+    cfg = _cfg(
+        "eval",
+        [
+            *COMMON,
+            f"checkpoint={ckpt}",
+            f"output_dir={out}",
+            f"data.root={DATA / 'coco_sample'}",
+            "data.val_ann=person_keypoints_sample.json",
+            "data.val_images=.",
+            "num_workers=0",
+            "limit_images=2",
+        ],
+    )
     stats = evaluate.evaluate(cfg)
     assert {"AP", "AR", "APm"} <= set(stats)
     saved = json.loads((out / "metrics.json").read_text())

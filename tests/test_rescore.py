@@ -74,8 +74,14 @@ def _sample_predictions() -> list[dict]:
             p = k.copy()
             p[:, :2] += rng.normal(0, noise, (17, 2))
             p[:, 2] = rng.uniform(0.2, 0.9, 17)
-            preds.append({"image_id": a["image_id"], "category_id": 1, "keypoints": p.reshape(-1).tolist(),
-                          "score": float(p[:, 2].mean())})
+            preds.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": 1,
+                    "keypoints": p.reshape(-1).tolist(),
+                    "score": float(p[:, 2].mean()),
+                }
+            )
     return preds
 
 
@@ -91,8 +97,23 @@ def test_train_and_cli_round_trip(tmp_path: Path) -> None:
     data = tmp_path / "data.npz"
     main(["dump", "--predictions", str(preds), "--annotations", str(COCO_ANN), "--out", str(data)])
     weights = tmp_path / "rescore.pth"
-    main(["train", "--data", str(data), "--out", str(weights), "--epochs", "40", "--hidden", "32",
-          "--batch-size", "16", "--lr", "3e-3"])
+    main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(weights),
+            "--epochs",
+            "40",
+            "--hidden",
+            "32",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-3",
+        ]
+    )
     z = np.load(data)
     model = Rescorer.from_file(weights, COCO)
     with torch.no_grad():

@@ -68,9 +68,9 @@ def test_generate_is_idempotent_and_valid(tmp_path: Path) -> None:
 
 
 def test_datamodule_generates_synthetic(tmp_path: Path) -> None:
-    from dekr.data.datamodule import DEKRDataModule
-
     from conftest import compose_data
+
+    from dekr.data.datamodule import DEKRDataModule
 
     cfg = compose_data("synthetic")
     args = {k: v for k, v in cfg.items() if k != "_target_"}

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dekr.keypoints import COCO, CROWDPOSE, KeypointSpec
 from dekr.codec.encode import TargetEncoder, person_centers_and_areas
+from dekr.keypoints import COCO, CROWDPOSE, KeypointSpec
 
 GOLDEN = Path(__file__).parent / "data" / "golden_targets.npz"
 FIVE = KeypointSpec(name="five", names=("a", "b", "c", "d", "e"), flip_pairs=((1, 2),))

@@ -39,6 +39,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if tmp.exists():
                 tmp.unlink()
 
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        """Resume reads tensors and plain containers only (``weights_only=True``, whatever torch's
+        default or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says): a checkpoint cannot run code."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        with open(path, "rb") as fh:
+            return torch.load(fh, map_location=map_location or "cpu", weights_only=True)
+
 
 #: the previous ``last.ckpt``, kept when a new one is written (the fall-back of a damaged one)
 PREVIOUS_LAST = "last.prev.ckpt"

@@ -40,7 +40,7 @@ _BACKBONE_KEY = re.compile(r"^(conv1|bn1|conv2|bn2|layer1|transition\d+|stage\d+
 
 
 def _strip(state: Mapping[str, Tensor], prefix: str) -> StateDict:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def _unwrap(obj: object) -> StateDict:
@@ -52,9 +52,7 @@ def _unwrap(obj: object) -> StateDict:
                 return dict(inner)
         if obj and all(isinstance(v, Tensor) for v in obj.values()):
             return dict(obj)
-    raise ValueError(
-        "checkpoint holds no state_dict (expected a dict of tensors, or one under 'state_dict'/'model')"
-    )
+    raise ValueError("checkpoint holds no state_dict (expected a dict of tensors, or one under 'state_dict'/'model')")
 
 
 def _count_branches(state: Mapping[str, Tensor], pattern: str) -> int:
@@ -84,7 +82,7 @@ def official_to_dekr(state: Mapping[str, Tensor]) -> StateDict:
             out[f"offset_head.transition.{i}.{name}"] = src[f"transition_offset.{i}.{name}"]
     for key, value in src.items():
         if key.startswith("head_heatmap.0."):
-            out["heatmap_head.blocks." + key[len("head_heatmap.0."):]] = value
+            out["heatmap_head.blocks." + key[len("head_heatmap.0.") :]] = value
     out["heatmap_head.final.weight"] = src["head_heatmap.1.weight"]
     out["heatmap_head.final.bias"] = src["head_heatmap.1.bias"]
 
@@ -96,9 +94,15 @@ def official_to_dekr(state: Mapping[str, Tensor]) -> StateDict:
         dst = f"offset_head.blocks.{b}"
         for name in ("weight", "bias"):
             out[f"{dst}.transform.{name}"] = torch.cat(
-                [torch.cat((src[f"offset_feature_layers.{j}.{b}.transform_matrix_conv.{name}"],
-                            src[f"offset_feature_layers.{j}.{b}.translation_conv.{name}"]))
-                 for j in range(num_kpts)]
+                [
+                    torch.cat(
+                        (
+                            src[f"offset_feature_layers.{j}.{b}.transform_matrix_conv.{name}"],
+                            src[f"offset_feature_layers.{j}.{b}.translation_conv.{name}"],
+                        )
+                    )
+                    for j in range(num_kpts)
+                ]
             )
         out[f"{dst}.weight"] = stack(pre + ".adapt_conv.weight")
         for name in ("weight", "bias", "running_mean", "running_var"):
@@ -114,15 +118,15 @@ def dekr_to_official(state: Mapping[str, Tensor], num_keypoints: int) -> StateDi
     out: StateDict = {}
     for key, value in state.items():
         if key.startswith("backbone.body."):
-            out[key[len("backbone.body."):]] = value
+            out[key[len("backbone.body.") :]] = value
         elif key.startswith("heatmap_head.transition."):
-            out["transition_heatmap." + key[len("heatmap_head.transition."):]] = value
+            out["transition_heatmap." + key[len("heatmap_head.transition.") :]] = value
         elif key.startswith("offset_head.transition."):
-            out["transition_offset." + key[len("offset_head.transition."):]] = value
+            out["transition_offset." + key[len("offset_head.transition.") :]] = value
         elif key.startswith("heatmap_head.blocks."):
-            out["head_heatmap.0." + key[len("heatmap_head.blocks."):]] = value
+            out["head_heatmap.0." + key[len("heatmap_head.blocks.") :]] = value
         elif key.startswith("heatmap_head.final."):
-            out["head_heatmap.1." + key[len("heatmap_head.final."):]] = value
+            out["head_heatmap.1." + key[len("heatmap_head.final.") :]] = value
     k = num_keypoints
     grid = torch.tensor([[-1, -1, -1, 0, 0, 0, 1, 1, 1], [-1, 0, 1, -1, 0, 1, -1, 0, 1]], dtype=torch.float32)
     num_blocks = _count_branches(state, r"offset_head\.blocks\.(\d+)\.")
@@ -141,7 +145,8 @@ def dekr_to_official(state: Mapping[str, Tensor], num_keypoints: int) -> StateDi
                 out[f"offset_feature_layers.{j}.{b}.bn.{name}"] = t.clone()
         for j in range(k):
             out[f"offset_feature_layers.{j}.{b}.bn.num_batches_tracked"] = state[
-                f"{pre}.bn.num_batches_tracked"].clone()
+                f"{pre}.bn.num_batches_tracked"
+            ].clone()
     for name in ("weight", "bias"):
         for j, t in enumerate(state[f"offset_head.final.{name}"].chunk(k)):
             out[f"offset_final_layer.{j}.{name}"] = t.clone()
@@ -160,7 +165,7 @@ def mmpose_to_dekr(state: Mapping[str, Tensor]) -> StateDict:
     out: StateDict = {}
     for key, value in src.items():
         if key.startswith("backbone."):
-            out["backbone.body." + key[len("backbone."):]] = value
+            out["backbone.body." + key[len("backbone.") :]] = value
 
     def module(dst: str, srcp: str, names: tuple[str, ...]) -> None:
         for name in names:

@@ -63,8 +63,11 @@ class KeypointSpec:
                 one_based = all(1 <= int(i) <= k for p in (*self.flip_pairs, *self.skeleton) for i in p)
                 raise ValueError(
                     f"keypoint spec '{self.name}': pair {tuple(pair)} is not two indices in [0, {k})"
-                    + ("; the pairs look 1-based (as a COCO file's skeleton): subtract 1 from every index"
-                       if one_based else "")
+                    + (
+                        "; the pairs look 1-based (as a COCO file's skeleton): subtract 1 from every index"
+                        if one_based
+                        else ""
+                    )
                 )
         seen: set[int] = set()
         for a, b in self.flip_pairs:
@@ -154,34 +157,90 @@ def _default_colors(k: int) -> tuple[tuple[int, int, int], ...]:
     """K distinct RGB colours spread around the hue circle."""
     import colorsys
 
-    return tuple(
-        tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(k, 1), 0.85, 1.0)) for i in range(k)
-    )
+    return tuple(tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(k, 1), 0.85, 1.0)) for i in range(k))
 
 
 COCO = KeypointSpec(
     name="coco",
     names=(
-        "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-        "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-        "left_wrist", "right_wrist", "left_hip", "right_hip",
-        "left_knee", "right_knee", "left_ankle", "right_ankle",
+        "nose",
+        "left_eye",
+        "right_eye",
+        "left_ear",
+        "right_ear",
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
+        "left_hip",
+        "right_hip",
+        "left_knee",
+        "right_knee",
+        "left_ankle",
+        "right_ankle",
     ),
     flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
     sigmas=(
-        0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
-        0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+        0.026,
+        0.025,
+        0.025,
+        0.035,
+        0.035,
+        0.079,
+        0.079,
+        0.072,
+        0.072,
+        0.062,
+        0.062,
+        0.107,
+        0.107,
+        0.087,
+        0.087,
+        0.089,
+        0.089,
     ),
     skeleton=(
-        (0, 1), (0, 2), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 6), (5, 7), (5, 11),
-        (6, 8), (6, 12), (7, 9), (8, 10), (11, 12), (11, 13), (12, 14), (13, 15), (14, 16),
+        (0, 1),
+        (0, 2),
+        (1, 2),
+        (1, 3),
+        (2, 4),
+        (3, 5),
+        (4, 6),
+        (5, 6),
+        (5, 7),
+        (5, 11),
+        (6, 8),
+        (6, 12),
+        (7, 9),
+        (8, 10),
+        (11, 12),
+        (11, 13),
+        (12, 14),
+        (13, 15),
+        (14, 16),
     ),
     torso_limbs=(9, 11),
     colors=(
-        (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0),
-        (85, 255, 0), (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255),
-        (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255), (170, 0, 255),
-        (255, 0, 255), (255, 0, 170),
+        (255, 0, 0),
+        (255, 85, 0),
+        (255, 170, 0),
+        (255, 255, 0),
+        (170, 255, 0),
+        (85, 255, 0),
+        (0, 255, 0),
+        (0, 255, 85),
+        (0, 255, 170),
+        (0, 255, 255),
+        (0, 170, 255),
+        (0, 85, 255),
+        (0, 0, 255),
+        (85, 0, 255),
+        (170, 0, 255),
+        (255, 0, 255),
+        (255, 0, 170),
     ),
     center_sigma=4.0,
 )
@@ -189,16 +248,39 @@ COCO = KeypointSpec(
 CROWDPOSE = KeypointSpec(
     name="crowdpose",
     names=(
-        "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist",
-        "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-        "right_ankle", "head", "neck",
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
+        "left_hip",
+        "right_hip",
+        "left_knee",
+        "right_knee",
+        "left_ankle",
+        "right_ankle",
+        "head",
+        "neck",
     ),
     flip_pairs=((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)),
-    sigmas=(0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-            0.079, 0.079),
+    sigmas=(0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089, 0.079, 0.079),
     skeleton=(
-        (12, 13), (13, 0), (13, 1), (0, 2), (1, 3), (2, 4), (3, 5), (0, 6), (1, 7), (6, 8),
-        (7, 9), (8, 10), (9, 11), (6, 7), (0, 1),
+        (12, 13),
+        (13, 0),
+        (13, 1),
+        (0, 2),
+        (1, 3),
+        (2, 4),
+        (3, 5),
+        (0, 6),
+        (1, 7),
+        (6, 8),
+        (7, 9),
+        (8, 10),
+        (9, 11),
+        (6, 7),
+        (0, 1),
     ),
     torso_limbs=(9, 11),
     # The reference draws the CrowdPose centre with the joint sigma (2), see dekr.codec.encode.
@@ -240,5 +322,3 @@ def build_keypoint_spec(cfg: Mapping | KeypointSpec | str) -> KeypointSpec:
 
 
 __all__ = ["COCO", "CROWDPOSE", "KeypointSpec", "build_keypoint_spec", "check_num_keypoints", "get_keypoint_spec"]
-
-

@@ -64,8 +64,10 @@ def _crowdpose_areas(coco: COCO) -> COCO:
 
 
 def results_to_coco(
-    image_ids: Sequence[int], poses: Sequence[np.ndarray | torch.Tensor],
-    scores: Sequence[np.ndarray | torch.Tensor], category_id: int = 1,
+    image_ids: Sequence[int],
+    poses: Sequence[np.ndarray | torch.Tensor],
+    scores: Sequence[np.ndarray | torch.Tensor],
+    category_id: int = 1,
 ) -> list[dict]:
     """COCO keypoint results from per-image poses ``[P, K, 3]`` (original px) and scores ``[P]``."""
     out = []
@@ -74,16 +76,25 @@ def results_to_coco(
         s = np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s, dtype=np.float64).reshape(-1)
         for person, score in zip(p, s):
             lo, hi = person[:, :2].min(0), person[:, :2].max(0)
-            out.append({"image_id": int(img), "category_id": category_id,
-                        "keypoints": [float(v) for v in person.reshape(-1)],
-                        "score": float(score), "bbox": [float(lo[0]), float(lo[1]),
-                                                        float(hi[0] - lo[0]), float(hi[1] - lo[1])]})
+            out.append(
+                {
+                    "image_id": int(img),
+                    "category_id": category_id,
+                    "keypoints": [float(v) for v in person.reshape(-1)],
+                    "score": float(score),
+                    "bbox": [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])],
+                }
+            )
     return out
 
 
 def coco_eval_for(
-    annotations: str | Path | Mapping | COCO, predictions: list[dict], spec: KeypointSpec,
-    max_dets: int = 20, crowd_split: bool = False, image_ids: Sequence[int] | None = None,
+    annotations: str | Path | Mapping | COCO,
+    predictions: list[dict],
+    spec: KeypointSpec,
+    max_dets: int = 20,
+    crowd_split: bool = False,
+    image_ids: Sequence[int] | None = None,
     area_ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> COCOeval:
     """A configured (not yet run) ``COCOeval`` for keypoints with the layout's sigmas.
@@ -96,11 +107,16 @@ def coco_eval_for(
     k = spec.num_keypoints
     wrong = [p for p in predictions if len(p["keypoints"]) != 3 * k]
     if wrong:
-        raise ValueError(f"{len(wrong)} predictions have {len(wrong[0]['keypoints']) // 3} keypoints, the "
-                         f"'{spec.name}' layout has {k}; evaluate with the layout the model was trained on")
+        raise ValueError(
+            f"{len(wrong)} predictions have {len(wrong[0]['keypoints']) // 3} keypoints, the "
+            f"'{spec.name}' layout has {k}; evaluate with the layout the model was trained on"
+        )
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(copy.deepcopy(predictions)) if predictions else build_coco(
-            {"images": gt.dataset["images"], "annotations": [], "categories": gt.dataset["categories"]})
+        dt = (
+            gt.loadRes(copy.deepcopy(predictions))
+            if predictions
+            else build_coco({"images": gt.dataset["images"], "annotations": [], "categories": gt.dataset["categories"]})
+        )
         ev = COCOeval(gt, dt, "keypoints")
     ev.params.kpt_oks_sigmas = spec.sigmas_array
     ev.params.maxDets = [int(max_dets)]
@@ -119,8 +135,10 @@ def _area_ranges(area_ranges: Mapping[str, Sequence[float]]) -> dict[str, tuple[
     for name, rng in area_ranges.items():
         values = list(rng)
         if len(values) != 2 or not float(values[0]) < float(values[1]) or float(values[0]) < 0:
-            raise ValueError(f"area range '{name}': {values} is not [lo, hi] with 0 <= lo < hi (px^2 of the GT "
-                             "area), e.g. {'all': [0, 1e10]}")
+            raise ValueError(
+                f"area range '{name}': {values} is not [lo, hi] with 0 <= lo < hi (px^2 of the GT "
+                "area), e.g. {'all': [0, 1e10]}"
+            )
         ranges[str(name)] = (float(values[0]), float(values[1]))
     return {"all": ranges.pop("all", COCO_AREA_RANGES["all"]), **ranges}
 
@@ -153,8 +171,12 @@ def _summary(ev: COCOeval) -> dict[str, float]:
 
 
 def evaluate_keypoints(
-    annotations: str | Path | Mapping | COCO, predictions: list[dict], spec: KeypointSpec,
-    max_dets: int = 20, crowd_split: bool | None = None, image_ids: Sequence[int] | None = None,
+    annotations: str | Path | Mapping | COCO,
+    predictions: list[dict],
+    spec: KeypointSpec,
+    max_dets: int = 20,
+    crowd_split: bool | None = None,
+    image_ids: Sequence[int] | None = None,
     area_ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """Keypoint AP/AR of COCO-format predictions.
@@ -191,11 +213,16 @@ def evaluate_keypoints(
         selected = set(ev.params.imgIds)
         index = {im["id"]: im.get("crowdIndex") for im in gt.dataset["images"] if im["id"] in selected}
         if any(v is None for v in index.values()):
-            raise ValueError("CrowdPose evaluation: some GT images have no 'crowdIndex'; "
-                             "use crowd_split=False for datasets without it")
+            raise ValueError(
+                "CrowdPose evaluation: some GT images have no 'crowdIndex'; "
+                "use crowd_split=False for datasets without it"
+            )
         lo, hi = CROWD_SPLITS
-        splits = ([i for i, c in index.items() if c < lo], [i for i, c in index.items() if lo <= c < hi],
-                  [i for i, c in index.items() if c >= hi])
+        splits = (
+            [i for i, c in index.items() if c < lo],
+            [i for i, c in index.items() if lo <= c < hi],
+            [i for i, c in index.items() if c >= hi],
+        )
         for name, ids in zip(CROWD_NAMES, splits):
             if not ids:
                 stats[name] = -1.0
@@ -211,8 +238,15 @@ def evaluate_keypoints(
 def format_table(stats: Mapping[str, float]) -> str:
     """Two-line markdown table of metric names and values (3 decimals)."""
     names = list(stats)
-    return ("| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n| "
-            + " | ".join(f"{stats[n]:.3f}" for n in names) + " |")
+    return (
+        "| "
+        + " | ".join(names)
+        + " |\n|"
+        + "---|" * len(names)
+        + "\n| "
+        + " | ".join(f"{stats[n]:.3f}" for n in names)
+        + " |"
+    )
 
 
 class KeypointAP(Metric):
@@ -235,9 +269,15 @@ class KeypointAP(Metric):
 
     full_state_update = False
 
-    def __init__(self, annotations: str | Path | Mapping, spec: KeypointSpec, max_dets: int = 20,
-                 crowd_split: bool | None = None, area_ranges: Mapping[str, Sequence[float]] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        annotations: str | Path | Mapping,
+        spec: KeypointSpec,
+        max_dets: int = 20,
+        crowd_split: bool | None = None,
+        area_ranges: Mapping[str, Sequence[float]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.annotations = annotations
         self.spec = spec
@@ -250,13 +290,20 @@ class KeypointAP(Metric):
         self._count = 0
 
     def _key(self) -> float:
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
-            torch.distributed.is_initialized() else 0
+        rank = (
+            torch.distributed.get_rank()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 0
+        )
         self._count += 1
         return float(rank * 1_000_000_000 + self._count)
 
-    def update(self, image_ids: Sequence[int], poses: Sequence[torch.Tensor | np.ndarray],
-               scores: Sequence[torch.Tensor | np.ndarray]) -> None:
+    def update(
+        self,
+        image_ids: Sequence[int],
+        poses: Sequence[torch.Tensor | np.ndarray],
+        scores: Sequence[torch.Tensor | np.ndarray],
+    ) -> None:
         width = 3 + 3 * self.spec.num_keypoints
         for img, p, s in zip(image_ids, poses, scores):
             p = torch.as_tensor(np.asarray(p.cpu() if isinstance(p, torch.Tensor) else p), dtype=torch.float64)
@@ -264,8 +311,11 @@ class KeypointAP(Metric):
             key = self._key()
             n = p.shape[0]
             head = torch.tensor([[float(img), key]], dtype=torch.float64).expand(n, 2)
-            rows = torch.cat((head, s.reshape(n, 1), p.reshape(n, -1)), 1) if n else torch.zeros(0, width,
-                                                                                              dtype=torch.float64)
+            rows = (
+                torch.cat((head, s.reshape(n, 1), p.reshape(n, -1)), 1)
+                if n
+                else torch.zeros(0, width, dtype=torch.float64)
+            )
             self.rows.append(rows.to(self.device))
             self.images.append(torch.tensor([[float(img), key]], dtype=torch.float64, device=self.device))
 
@@ -280,16 +330,21 @@ class KeypointAP(Metric):
         keep = np.array([first_key.get(int(r[0])) == r[1] for r in rows], dtype=bool)
         rows = rows[keep] if rows.size else rows
         k = self.spec.num_keypoints
-        return results_to_coco(rows[:, 0].astype(np.int64), rows[:, None, 3:].reshape(-1, 1, k, 3),
-                               rows[:, 2:3])
+        return results_to_coco(rows[:, 0].astype(np.int64), rows[:, None, 3:].reshape(-1, 1, k, 3), rows[:, 2:3])
 
     def evaluated_images(self) -> list[int]:
         return sorted({int(i) for i in _cat(self.images, 2)[:, 0].tolist()})
 
     def compute(self) -> dict[str, float]:
-        stats = evaluate_keypoints(self.annotations, self.predictions(), self.spec, self.max_dets,
-                                   self.crowd_split, image_ids=self.evaluated_images(),
-                                   area_ranges=self.area_ranges)
+        stats = evaluate_keypoints(
+            self.annotations,
+            self.predictions(),
+            self.spec,
+            self.max_dets,
+            self.crowd_split,
+            image_ids=self.evaluated_images(),
+            area_ranges=self.area_ranges,
+        )
         return {k: torch.tensor(v) for k, v in stats.items()}
 
 
@@ -308,5 +363,14 @@ def write_json(path: str | Path, obj: Any) -> None:
     path.write_text(json.dumps(obj))
 
 
-__all__ = ["COCO_AREA_RANGES", "COCO_NAMES", "CROWD_NAMES", "KeypointAP", "coco_eval_for", "evaluate_keypoints",
-           "format_table", "load_coco", "results_to_coco"]
+__all__ = [
+    "COCO_AREA_RANGES",
+    "COCO_NAMES",
+    "CROWD_NAMES",
+    "KeypointAP",
+    "coco_eval_for",
+    "evaluate_keypoints",
+    "format_table",
+    "load_coco",
+    "results_to_coco",
+]

@@ -148,8 +148,7 @@ class DEKRModule(pl.LightningModule):
 
     def validation_step(self, batch: Sequence[dict], batch_idx: int) -> None:
         results = self._estimator.predict_batch([s["image"] for s in batch])
-        self.metric.update([int(s["image_id"]) for s in batch], [r.poses for r in results],
-                           [r.scores for r in results])
+        self.metric.update([int(s["image_id"]) for s in batch], [r.poses for r in results], [r.scores for r in results])
         if len(self.last_val_results) < 8:
             self.last_val_results.extend(list(zip(batch, results))[: 8 - len(self.last_val_results)])
         self.net.train(self.training)  # the estimator switches to eval; Lightning restores mode itself

@@ -45,8 +45,6 @@ def merge(base: dict, extra: Mapping, where: str) -> dict:
     return out
 
 
-
-
 def build_dataclass(cls: type[T], node: Any, where: str) -> T:
     """A dataclass from plain data, checking keys and value types field by field."""
     if not isinstance(node, Mapping):
@@ -57,10 +55,16 @@ def build_dataclass(cls: type[T], node: Any, where: str) -> T:
     missing = sorted(set(names) - set(node))
     if unknown or missing:
         raise ValueError(
-            f"{where}: " + "; ".join(
-                part for part in (f"unknown key(s) {unknown}" if unknown else "",
-                                  f"missing key(s) {missing}" if missing else "") if part
-            ) + f". Allowed keys: {names}"
+            f"{where}: "
+            + "; ".join(
+                part
+                for part in (
+                    f"unknown key(s) {unknown}" if unknown else "",
+                    f"missing key(s) {missing}" if missing else "",
+                )
+                if part
+            )
+            + f". Allowed keys: {names}"
         )
     return cls(**{name: check_value(hints[name], node[name], f"{where}.{name}") for name in names})
 
@@ -123,10 +127,15 @@ def check_arguments(fn: Callable[..., Any], node: Any, where: str, exclude: Sequ
         raise ValueError(f"{where}: expected a mapping of arguments, got {type(node).__name__}")
     target = fn.__init__ if inspect.isclass(fn) else fn
     hints = typing.get_type_hints(target)
-    params = [n for n, p in inspect.signature(target).parameters.items()
-              if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    params = [
+        n
+        for n, p in inspect.signature(target).parameters.items()
+        if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     unknown = sorted(set(node) - set(params) | (set(node) & set(exclude)))
     if unknown:
-        raise ValueError(f"{where}: unknown argument(s) {unknown}; {getattr(fn, '__name__', fn)} takes "
-                         f"{[p for p in params if p not in exclude]}")
+        raise ValueError(
+            f"{where}: unknown argument(s) {unknown}; {getattr(fn, '__name__', fn)} takes "
+            f"{[p for p in params if p not in exclude]}"
+        )
     return {name: check_value(hints.get(name, Any), value, f"{where}.{name}") for name, value in node.items()}

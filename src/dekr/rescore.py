@@ -172,8 +172,14 @@ def dump_training_data(
 
 
 def train_rescorer(
-    poses: np.ndarray, oks: np.ndarray, spec: KeypointSpec, hidden: int = 256, epochs: int = 20,
-    lr: float = 1e-3, batch_size: int = 1024, max_steps: int = -1,
+    poses: np.ndarray,
+    oks: np.ndarray,
+    spec: KeypointSpec,
+    hidden: int = 256,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    max_steps: int = -1,
 ) -> Rescorer:
     """Fit the rescoring net (MSE to OKS, Adam) with Lightning; returns the trained model."""
     import pytorch_lightning as pl
@@ -198,8 +204,15 @@ def train_rescorer(
         def configure_optimizers(self):
             return torch.optim.Adam(self.net.parameters(), lr=lr)
 
-    trainer = pl.Trainer(max_epochs=epochs, max_steps=max_steps, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, accelerator="auto", devices=1)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="auto",
+        devices=1,
+    )
     trainer.fit(_Module(), loader)
     return rescorer.eval()
 

@@ -34,8 +34,15 @@ def collect(sweep_dir: str | Path) -> list[dict]:
         row: dict = {"run": run.name, **overrides}
         if summary_file.is_file():
             s = json.loads(summary_file.read_text())
-            row.update({"status": "done", "best_AP": s.get("best_AP"), "AP": s.get("val", {}).get("val/AP"),
-                        "AR": s.get("val", {}).get("val/AR"), "epochs": s.get("epochs")})
+            row.update(
+                {
+                    "status": "done",
+                    "best_AP": s.get("best_AP"),
+                    "AP": s.get("val", {}).get("val/AP"),
+                    "AR": s.get("val", {}).get("val/AR"),
+                    "epochs": s.get("epochs"),
+                }
+            )
         else:
             row["status"] = "unfinished"
         rows.append(row)
@@ -43,8 +50,18 @@ def collect(sweep_dir: str | Path) -> list[dict]:
         raise ValueError(f"no Hydra runs (folders with .hydra/) under {sweep_dir}")
     keys = {k for r in rows for k in r if k not in ("run", "status", "best_AP", "AP", "AR", "epochs")}
     varying = sorted(k for k in keys if len({str(r.get(k)) for r in rows}) > 1)
-    return [{"run": r["run"], **{k: r.get(k) for k in varying}, "best_AP": r.get("best_AP"), "AP": r.get("AP"),
-             "AR": r.get("AR"), "epochs": r.get("epochs"), "status": r["status"]} for r in rows]
+    return [
+        {
+            "run": r["run"],
+            **{k: r.get(k) for k in varying},
+            "best_AP": r.get("best_AP"),
+            "AP": r.get("AP"),
+            "AR": r.get("AR"),
+            "epochs": r.get("epochs"),
+            "status": r["status"],
+        }
+        for r in rows
+    ]
 
 
 def format_table(rows: list[dict]) -> str:

@@ -277,7 +277,10 @@ class RunLock(HydraCallback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.get("run_lock", True) or pl.utilities.rank_zero_only.rank != 0:
             return
-        self.lock = acquire_run_lock(Path(str(config.hydra.run.dir)).resolve())
+        try:
+            self.lock = acquire_run_lock(Path(str(config.hydra.run.dir)).resolve())
+        except RunFolderLocked as exc:  # Hydra turns exceptions of callbacks into warnings: exit here
+            raise SystemExit(f"Error: {exc}") from None
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.lock is not None:

@@ -20,9 +20,13 @@ def _np(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def draw_poses(
-    image: np.ndarray, poses: np.ndarray | torch.Tensor, spec: KeypointSpec,
-    scores: np.ndarray | torch.Tensor | None = None, joint_threshold: float = 0.0,
-    radius: int | None = None, thickness: int | None = None,
+    image: np.ndarray,
+    poses: np.ndarray | torch.Tensor,
+    spec: KeypointSpec,
+    scores: np.ndarray | torch.Tensor | None = None,
+    joint_threshold: float = 0.0,
+    radius: int | None = None,
+    thickness: int | None = None,
 ) -> np.ndarray:
     """Skeletons and keypoints in the spec's colours, with the person score near the head.
 
@@ -52,13 +56,23 @@ def draw_poses(
             cv2.circle(out, tuple(map(int, pts[k])), radius, tuple(int(v) for v in colors[k]), -1, cv2.LINE_AA)
         if scores is not None and shown.any():
             top = pts[shown][np.argmin(pts[shown][:, 1])]
-            cv2.putText(out, f"{float(_np(scores).reshape(-1)[p]):.2f}", (int(top[0]), int(top[1]) - 2 * radius),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4 * max(1, size // 600), (255, 255, 255), thickness, cv2.LINE_AA)
+            cv2.putText(
+                out,
+                f"{float(_np(scores).reshape(-1)[p]):.2f}",
+                (int(top[0]), int(top[1]) - 2 * radius),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4 * max(1, size // 600),
+                (255, 255, 255),
+                thickness,
+                cv2.LINE_AA,
+            )
     return out
 
 
 def render_heatmaps(
-    heatmaps: np.ndarray | torch.Tensor, image: np.ndarray | None = None, channels: list[int] | None = None,
+    heatmaps: np.ndarray | torch.Tensor,
+    image: np.ndarray | None = None,
+    channels: list[int] | None = None,
     alpha: float = 0.5,
 ) -> np.ndarray:
     """Max over the chosen heatmap channels, colour-mapped (JET), optionally blended over an image.
@@ -79,8 +93,13 @@ def render_heatmaps(
 
 
 def render_offsets(
-    offsets: np.ndarray | torch.Tensor, center_heatmap: np.ndarray | torch.Tensor, spec: KeypointSpec,
-    image: np.ndarray | None = None, stride: int = 4, threshold: float = 0.1, step: int = 2,
+    offsets: np.ndarray | torch.Tensor,
+    center_heatmap: np.ndarray | torch.Tensor,
+    spec: KeypointSpec,
+    image: np.ndarray | None = None,
+    stride: int = 4,
+    threshold: float = 0.1,
+    step: int = 2,
 ) -> np.ndarray:
     """Offset field as arrows from output pixels (where the centre heat exceeds ``threshold``) to the
     keypoints they regress (``pixel - offset``), in keypoint colours.

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
+
 from dekr.codec.config import CodecConfig, codec_config, default_codec_config
 from dekr.codec.decode import DecodedPoses, ScaleOutput, decode
 from dekr.codec.encode import COCO_MIN_CENTER_AREA, TargetEncoder
@@ -53,9 +55,24 @@ class Codec:
         """Input px per output px."""
         return self.cfg.stride
 
-    def encoder(self, output_size: int | tuple[int, int], min_center_area: float = COCO_MIN_CENTER_AREA) -> TargetEncoder:
+    def encoder(
+        self, output_size: int | tuple[int, int], min_center_area: float = COCO_MIN_CENTER_AREA
+    ) -> TargetEncoder:
         """The target encoder for an ``output_size`` map (``input size / stride``)."""
         return TargetEncoder(self.spec, output_size, self.cfg.targets, min_center_area=min_center_area)
+
+    def encode(
+        self,
+        keypoints: np.ndarray,
+        ann_areas: np.ndarray | None,
+        output_size: int | tuple[int, int],
+        min_center_area: float = COCO_MIN_CENTER_AREA,
+    ) -> dict[str, np.ndarray]:
+        """Compact training targets of one image whose people ``keypoints [P, K, 3]`` are already in
+        output px (annotation areas ``[P]`` for the small-person rule); see :mod:`dekr.codec.encode`."""
+        enc = self.encoder(output_size, min_center_area)
+        centers, areas = enc.centers_and_areas(keypoints, ann_areas)
+        return enc.encode(keypoints, centers, areas * self.stride**2)
 
     def decode(self, outputs: Sequence[ScaleOutput]) -> DecodedPoses:
         """Poses (input px of the factor-1 geometry) from one batch of outputs, one per test scale."""
@@ -63,6 +80,12 @@ class Codec:
 
 
 __all__ = [
-    "Codec", "CodecConfig", "DecodedPoses", "ScaleOutput", "TargetEncoder", "codec_config", "decode",
+    "Codec",
+    "CodecConfig",
+    "DecodedPoses",
+    "ScaleOutput",
+    "TargetEncoder",
+    "codec_config",
+    "decode",
     "default_codec_config",
 ]

@@ -172,6 +172,14 @@ def _load_default() -> CodecConfig:
 
 
 __all__ = [
-    "NMS_STRATEGIES", "CenterConfig", "CodecConfig", "InputConfig", "NMSConfig", "RefineConfig", "ScoringConfig",
-    "TargetConfig", "codec_config", "default_codec_config",
+    "NMS_STRATEGIES",
+    "CenterConfig",
+    "CodecConfig",
+    "InputConfig",
+    "NMSConfig",
+    "RefineConfig",
+    "ScoringConfig",
+    "TargetConfig",
+    "codec_config",
+    "default_codec_config",
 ]

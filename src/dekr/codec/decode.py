@@ -205,8 +205,14 @@ def score_poses(
     keypoint heat of each candidate ``[B, N]`` (what pose NMS ranks by)."""
     floor = cfg.joint_score == "floor"
     heat = sum(
-        sample_heat(o.heatmaps.float(), poses, stride / o.factor, floor,
-                    None if o.heatmaps_flip is None else o.heatmaps_flip.float(), flip_index)
+        sample_heat(
+            o.heatmaps.float(),
+            poses,
+            stride / o.factor,
+            floor,
+            None if o.heatmaps_flip is None else o.heatmaps_flip.float(),
+            flip_index,
+        )
         for o in outputs
     ) / len(outputs)
     return center_scores[..., None] * heat, heat.sum(-1) / poses.shape[2]
@@ -282,14 +288,26 @@ def decode(outputs: Sequence[ScaleOutput], spec: KeypointSpec, cfg: CodecConfig 
     decoded = select_poses(pose_all, joint_scores, heat_score, torch.cat(valid, 1), cfg, k)
     if cfg.refine.enabled:
         flip_heat = torch.as_tensor(spec.flip_index(with_center=True), device=device)
-        fused = [o.heatmaps.float() if o.heatmaps_flip is None else
-                 fuse_flip_heatmaps(o.heatmaps.float(), o.heatmaps_flip.float(), flip_heat) for o in outputs]
-        decoded.poses = refine_poses(decoded.poses, decoded.valid, fused, factors, cfg.stride, cfg.refine,
-                                     cfg.centers.max_people)
+        fused = [
+            o.heatmaps.float()
+            if o.heatmaps_flip is None
+            else fuse_flip_heatmaps(o.heatmaps.float(), o.heatmaps_flip.float(), flip_heat)
+            for o in outputs
+        ]
+        decoded.poses = refine_poses(
+            decoded.poses, decoded.valid, fused, factors, cfg.stride, cfg.refine, cfg.centers.max_people
+        )
     return decoded
 
 
 __all__ = [
-    "DecodedPoses", "ScaleOutput", "decode", "find_centers", "regress_poses", "rescale_center_scores",
-    "sample_heat", "score_poses", "select_poses",
+    "DecodedPoses",
+    "ScaleOutput",
+    "decode",
+    "find_centers",
+    "regress_poses",
+    "rescale_center_scores",
+    "sample_heat",
+    "score_poses",
+    "select_poses",
 ]

@@ -193,7 +193,8 @@ class TargetEncoder:
         self.spec = spec
         self.config = config
         self.output_size: tuple[int, int] = (
-            (int(output_size), int(output_size)) if isinstance(output_size, int)
+            (int(output_size), int(output_size))
+            if isinstance(output_size, int)
             else (int(output_size[0]), int(output_size[1]))
         )
         self.sigma = float(config.sigma)
@@ -653,8 +654,10 @@ def _rank_in_runs(keys: np.ndarray) -> np.ndarray:
 def _replace_checked(config: TargetConfig, overrides: dict[str, Any]) -> TargetConfig:
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TargetConfig)})
     if unknown:
-        raise TypeError(f"TargetEncoder: unknown option(s) {unknown}; TargetConfig fields are "
-                        f"{[f.name for f in dataclasses.fields(TargetConfig)]}")
+        raise TypeError(
+            f"TargetEncoder: unknown option(s) {unknown}; TargetConfig fields are "
+            f"{[f.name for f in dataclasses.fields(TargetConfig)]}"
+        )
     return dataclasses.replace(config, **overrides)
 
 

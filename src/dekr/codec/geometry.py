@@ -48,8 +48,7 @@ class InputGeometry:
         """Forward affine ``original → input`` as a float64 ``[2, 3]`` matrix."""
         k = self.k
         return np.array(
-            [[k, 0.0, self.size[0] / 2.0 - k * self.center[0]],
-             [0.0, k, self.size[1] / 2.0 - k * self.center[1]]],
+            [[k, 0.0, self.size[0] / 2.0 - k * self.center[0]], [0.0, k, self.size[1] / 2.0 - k * self.center[1]]],
             dtype=np.float64,
         )
 
@@ -114,7 +113,8 @@ def input_to_original(points: torch.Tensor, geometries: Sequence[InputGeometry])
         raise ValueError(f"input_to_original: {len(geometries)} geometries for a batch of {points.shape[0]}")
     params = torch.tensor(
         [[g.k, g.size[0] / 2.0, g.size[1] / 2.0, g.center[0], g.center[1]] for g in geometries],
-        dtype=torch.float64, device=points.device,
+        dtype=torch.float64,
+        device=points.device,
     )
     shape = (points.shape[0],) + (1,) * (points.dim() - 2)
     k = params[:, 0].view(shape)

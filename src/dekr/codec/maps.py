@@ -88,4 +88,12 @@ def bilinear(maps: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, channels: t
     return (1 - ay) * top + ay * bottom
 
 
-__all__ = ["bilinear", "fuse_flip_heatmaps", "map_coordinate", "max_filter", "pool_kernel", "upsample", "upsampled_axis"]
+__all__ = [
+    "bilinear",
+    "fuse_flip_heatmaps",
+    "map_coordinate",
+    "max_filter",
+    "pool_kernel",
+    "upsample",
+    "upsampled_axis",
+]

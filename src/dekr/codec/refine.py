@@ -34,8 +34,12 @@ def _absorb(poses: torch.Tensor, heat: torch.Tensor, cfg: RefineConfig, max_peak
     d = torch.linalg.vector_norm(poses[:, :, :, None, :] - peak_xy[:, None], dim=-1)  # [B, P, K, T]
     d = torch.where((val > 0)[:, None], d, torch.full_like(d, torch.inf))
     best, arg = d.min(-1)
-    snapped = peak_xy[:, None].expand(-1, poses.shape[1], -1, -1, -1).gather(
-        3, arg[..., None, None].expand(-1, -1, -1, 1, 2)).squeeze(3)
+    snapped = (
+        peak_xy[:, None]
+        .expand(-1, poses.shape[1], -1, -1, -1)
+        .gather(3, arg[..., None, None].expand(-1, -1, -1, 1, 2))
+        .squeeze(3)
+    )
     return torch.where((best < cfg.max_distance)[..., None], snapped, poses)
 
 
@@ -65,8 +69,15 @@ def _gaussian_fit(poses: torch.Tensor, score: torch.Tensor, heat: torch.Tensor, 
     coef = torch.linalg.solve(ata, atb[..., None]).squeeze(-1)
     a2 = coef[..., 3]
     mx, my = -coef[..., 1] / (2 * a2), -coef[..., 2] / (2 * a2)
-    good = (a2 < 0) & (ok.flatten(-2).sum(-1) >= 4) & (mx.abs() <= r) & (my.abs() <= r) & torch.isfinite(mx) \
-        & torch.isfinite(my) & (score > cfg.adjust_threshold)
+    good = (
+        (a2 < 0)
+        & (ok.flatten(-2).sum(-1) >= 4)
+        & (mx.abs() <= r)
+        & (my.abs() <= r)
+        & torch.isfinite(mx)
+        & torch.isfinite(my)
+        & (score > cfg.adjust_threshold)
+    )
     fitted = torch.stack((cx.float() + mx, cy.float() + my), -1)
     return torch.where(good[..., None], fitted, poses)
 

@@ -69,7 +69,11 @@ def outputs_from_ground_truth(
 
 
 def fabricate_scene(
-    spec: KeypointSpec, num_people: int, h: int, w: int, rng: np.random.RandomState,
+    spec: KeypointSpec,
+    num_people: int,
+    h: int,
+    w: int,
+    rng: np.random.RandomState,
     size: tuple[float, float] = (6.0, 16.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random people inside an ``h x w`` map.
@@ -82,16 +86,25 @@ def fabricate_scene(
     shape = rng.uniform(-1.0, 1.0, size=(num_people, k, 2))
     margin = size[1] + 2
     centers = np.stack(
-        [rng.uniform(margin, max(w - margin, margin + 1), num_people),
-         rng.uniform(margin, max(h - margin, margin + 1), num_people)], axis=-1,
+        [
+            rng.uniform(margin, max(w - margin, margin + 1), num_people),
+            rng.uniform(margin, max(h - margin, margin + 1), num_people),
+        ],
+        axis=-1,
     )
     joints = centers[:, None, :] + radius * shape
     return joints, rng.uniform(0.3, 1.0, num_people)
 
 
 def render_outputs(
-    spec: KeypointSpec, joints: np.ndarray, conf: np.ndarray, h: int, w: int, rng: np.random.RandomState,
-    noise: float = 0.02, offset_noise: float = 0.3,
+    spec: KeypointSpec,
+    joints: np.ndarray,
+    conf: np.ndarray,
+    h: int,
+    w: int,
+    rng: np.random.RandomState,
+    noise: float = 0.02,
+    offset_noise: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps ``[K+1, h, w]`` and offsets ``[2K, h, w]`` (float32) of a scene (joints in output px)."""
     k = spec.num_keypoints
@@ -114,7 +127,12 @@ def render_outputs(
 
 
 def fabricate_outputs(
-    spec: KeypointSpec, num_people: int, h: int, w: int, seed: int = 0, flip: bool = True,
+    spec: KeypointSpec,
+    num_people: int,
+    h: int,
+    w: int,
+    seed: int = 0,
+    flip: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Fabricated outputs of one image at one scale.
 
@@ -125,8 +143,11 @@ def fabricate_outputs(
     rng = np.random.RandomState(seed)
     joints, conf = fabricate_scene(spec, num_people, h, w, rng)
     hm, off = render_outputs(spec, joints, conf, h, w, rng)
-    out = {"heatmaps": torch.from_numpy(hm)[None], "offsets": torch.from_numpy(off)[None],
-           "joints": torch.from_numpy(joints)}
+    out = {
+        "heatmaps": torch.from_numpy(hm)[None],
+        "offsets": torch.from_numpy(off)[None],
+        "joints": torch.from_numpy(joints),
+    }
     if flip and spec.can_flip:
         mirrored = joints[:, spec.flip_index()].copy()
         mirrored[..., 0] = w - 1 - mirrored[..., 0]

@@ -81,8 +81,10 @@ class AnnotationReport:
         """One line: what was filled, e.g. ``val.json: filled area for 14 of 14 annotations (from bbox)``."""
         if not self.filled:
             return f"{Path(self.source).name}: nothing to fill ({self.num_annotations} annotations)"
-        parts = [f"{name} for {n}" + (f" of {self.num_annotations} annotations" if i == 0 else "") + f" ({how})"
-                 for i, (name, (n, how)) in enumerate(self.filled.items())]
+        parts = [
+            f"{name} for {n}" + (f" of {self.num_annotations} annotations" if i == 0 else "") + f" ({how})"
+            for i, (name, (n, how)) in enumerate(self.filled.items())
+        ]
         return f"{Path(self.source).name}: filled " + ", ".join(parts)
 
 
@@ -134,8 +136,10 @@ def load_annotations(
         except UnicodeDecodeError as e:
             raise AnnotationError(f"{src}: not a UTF-8 JSON text ({e}); is it the annotation file?") from None
     if not isinstance(data, Mapping):
-        raise AnnotationError(f"{src}: the top level is a JSON {type(data).__name__}, expected an object with "
-                              "'images', 'annotations' and 'categories' (COCO keypoint format)")
+        raise AnnotationError(
+            f"{src}: the top level is a JSON {type(data).__name__}, expected an object with "
+            "'images', 'annotations' and 'categories' (COCO keypoint format)"
+        )
     with _no_gc():  # hundreds of thousands of new dicts: no cycles, but gc would rescan them all
         return _normalise(data, src, spec, need_file_names, report_fills)
 
@@ -151,8 +155,9 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _normalise(data: Any, src: str, spec: KeypointSpec | None, need_file_names: bool,
-               report_fills: bool) -> tuple[dict[str, Any], AnnotationReport]:
+def _normalise(
+    data: Any, src: str, spec: KeypointSpec | None, need_file_names: bool, report_fills: bool
+) -> tuple[dict[str, Any], AnnotationReport]:
     images = _list_of_dicts(data, "images", src)
     anns = _list_of_dicts(data, "annotations", src)
     report = AnnotationReport(src, num_images=len(images), num_annotations=len(anns))
@@ -177,8 +182,9 @@ def _normalise(data: Any, src: str, spec: KeypointSpec | None, need_file_names: 
         out_anns[i]["num_keypoints"] = int(counted[i])
     if missing:
         filled["num_keypoints"] = (len(missing), "counted from keypoints")
-    stored = np.fromiter((_number(a["num_keypoints"], a, "num_keypoints", src) for a in out_anns),
-                         dtype=np.float64, count=len(out_anns))
+    stored = np.fromiter(
+        (_number(a["num_keypoints"], a, "num_keypoints", src) for a in out_anns), dtype=np.float64, count=len(out_anns)
+    )
     report.num_keypoints_mismatch = ids[stored != counted].tolist()
 
     _fill_bbox(out_anns, kpts, labelled, src, filled)
@@ -224,33 +230,39 @@ def _ids_text(ids: Sequence[Any], total: int | None = None) -> str:
 
 def _list_of_dicts(data: Mapping, key: str, src: str) -> list[dict]:
     if key not in data:
-        raise AnnotationError(f"{src}: no '{key}' list at the top level (keys: {sorted(data)[:8]}); "
-                              "is it a COCO-format keypoint file?")
+        raise AnnotationError(
+            f"{src}: no '{key}' list at the top level (keys: {sorted(data)[:8]}); is it a COCO-format keypoint file?"
+        )
     items = data[key]
     if not isinstance(items, list):
         raise AnnotationError(f"{src}: '{key}' is a JSON {type(items).__name__}, expected a list")
     bad = [i for i, item in enumerate(items) if not isinstance(item, Mapping)]
     if bad:
-        raise AnnotationError(f"{src}: {len(bad)} entries of '{key}' are not JSON objects (positions "
-                              f"{_ids_text(bad)}); fix the file")
+        raise AnnotationError(
+            f"{src}: {len(bad)} entries of '{key}' are not JSON objects (positions {_ids_text(bad)}); fix the file"
+        )
     return items
 
 
 def _image_ids(images: list[dict], src: str, need_file_names: bool) -> set:
     bad = [i for i, im in enumerate(images) if not isinstance(im.get("id"), int | str)]
     if bad:
-        raise AnnotationError(f"{src}: {len(bad)} images have no 'id' (positions {_ids_text(bad)}); give every "
-                              "image a unique id")
+        raise AnnotationError(
+            f"{src}: {len(bad)} images have no 'id' (positions {_ids_text(bad)}); give every image a unique id"
+        )
     counts = Counter(im["id"] for im in images)
     dups = [i for i, n in counts.items() if n > 1]
     if dups:
-        raise AnnotationError(f"{src}: {len(dups)} image ids are used more than once ({_ids_text(dups)}); "
-                              "image ids must be unique")
+        raise AnnotationError(
+            f"{src}: {len(dups)} image ids are used more than once ({_ids_text(dups)}); image ids must be unique"
+        )
     if need_file_names:
         bad = [im["id"] for im in images if not isinstance(im.get("file_name"), str) or not im["file_name"]]
         if bad:
-            raise AnnotationError(f"{src}: {len(bad)} images have no 'file_name' (image ids {_ids_text(bad)}); "
-                                  "give each image its file name relative to the image folder")
+            raise AnnotationError(
+                f"{src}: {len(bad)} images have no 'file_name' (image ids {_ids_text(bad)}); "
+                "give each image its file name relative to the image folder"
+            )
     return set(counts)
 
 
@@ -274,15 +286,17 @@ def _categories(data: Mapping, anns: list[dict], spec: KeypointSpec | None, src:
             if names and len(names) != k:
                 raise AnnotationError(
                     f"{src}: category '{cat.get('name')}' declares {len(names)} keypoints but the keypoint spec "
-                    f"'{spec.name}' has {k}; set data.keypoints to match the dataset")
+                    f"'{spec.name}' has {k}; set data.keypoints to match the dataset"
+                )
         return categories, k, fill
     declared = {len(c["keypoints"]) for c in categories if c.get("keypoints")}
     if len(declared) == 1:
         return categories, declared.pop(), fill
     lengths = Counter(len(a["keypoints"]) for a in anns if isinstance(a.get("keypoints"), list) and a["keypoints"])
     if not lengths:
-        raise AnnotationError(f"{src}: no keypoints in any annotation and no keypoint names in the categories; "
-                              "is it a keypoint file?")
+        raise AnnotationError(
+            f"{src}: no keypoints in any annotation and no keypoint names in the categories; is it a keypoint file?"
+        )
     return categories, lengths.most_common(1)[0][0] // 3, fill
 
 
@@ -295,8 +309,10 @@ def _fill_ids(anns: list[dict], src: str, filled: dict) -> None:
     counts = Counter(present)
     dups = [i for i, n in counts.items() if n > 1]
     if dups:
-        raise AnnotationError(f"{src}: {len(dups)} annotation ids are used more than once ({_ids_text(dups)}); "
-                              "pycocotools would silently keep only one of each: make them unique")
+        raise AnnotationError(
+            f"{src}: {len(dups)} annotation ids are used more than once ({_ids_text(dups)}); "
+            "pycocotools would silently keep only one of each: make them unique"
+        )
     if missing:
         start = max(present, default=0) + 1
         for n, i in enumerate(missing):
@@ -304,13 +320,13 @@ def _fill_ids(anns: list[dict], src: str, filled: dict) -> None:
         filled["id"] = (len(missing), f"numbered from {start}")
 
 
-def _check_image_and_category_ids(anns: list[dict], image_ids: set, categories: list, src: str,
-                                  filled: dict) -> None:
+def _check_image_and_category_ids(anns: list[dict], image_ids: set, categories: list, src: str, filled: dict) -> None:
     orphans = [a["id"] for a in anns if a.get("image_id") not in image_ids]
     if orphans:
         raise AnnotationError(
             f"{src}: {len(orphans)} annotations refer to an image_id that is not in 'images' (annotation ids "
-            f"{_ids_text(orphans)}); add those images or drop those annotations")
+            f"{_ids_text(orphans)}); add those images or drop those annotations"
+        )
     cat_ids = {c["id"] for c in categories}
     missing = [i for i, a in enumerate(anns) if "category_id" not in a]
     if missing:
@@ -318,7 +334,8 @@ def _check_image_and_category_ids(anns: list[dict], image_ids: set, categories: 
             raise AnnotationError(
                 f"{src}: {len(missing)} annotations have no category_id (ids "
                 f"{_ids_text([anns[i]['id'] for i in missing])}) and the file has {len(cat_ids)} categories; "
-                "give each annotation its category_id")
+                "give each annotation its category_id"
+            )
         (only,) = cat_ids
         for i in missing:
             anns[i]["category_id"] = only
@@ -327,7 +344,8 @@ def _check_image_and_category_ids(anns: list[dict], image_ids: set, categories: 
     if stray:
         raise AnnotationError(
             f"{src}: {len(stray)} annotations have a category_id that is not in 'categories' (annotation ids "
-            f"{_ids_text(stray)}); add the category or fix those annotations")
+            f"{_ids_text(stray)}); add the category or fix those annotations"
+        )
 
 
 def _keypoints(anns: list[dict], k: int, spec: KeypointSpec | None, src: str, filled: dict) -> np.ndarray:
@@ -347,7 +365,8 @@ def _keypoints(anns: list[dict], k: int, spec: KeypointSpec | None, src: str, fi
             f"{src}: {len(wrong)} annotations have a keypoint list of the wrong length: expected 3*K = {n} "
             f"numbers (x, y, v for each of the {k} keypoints of {layout}); {'; '.join(found)}"
             + (f" ... ({len(wrong)} in all)" if len(wrong) > MAX_LISTED else "")
-            + ". Set data.keypoints to the dataset's layout, or fix those annotations")
+            + ". Set data.keypoints to the dataset's layout, or fix those annotations"
+        )
     zeros = [0] * n
     for i in missing:
         anns[i]["keypoints"] = list(zeros)
@@ -359,7 +378,8 @@ def _keypoints(anns: list[dict], k: int, spec: KeypointSpec | None, src: str, fi
         bad = [a["id"] for a in anns if not all(_is_number(v) for v in a["keypoints"])]
         raise AnnotationError(
             f"{src}: {len(bad)} annotations have keypoint values that are not numbers (null, text; ids "
-            f"{_ids_text(bad)}); fix the file or drop those annotations") from None
+            f"{_ids_text(bad)}); fix the file or drop those annotations"
+        ) from None
     kpts = flat.reshape(len(anns), k, 3)
     finite = np.isfinite(kpts)
     if not finite.all():
@@ -370,7 +390,8 @@ def _keypoints(anns: list[dict], k: int, spec: KeypointSpec | None, src: str, fi
         raise AnnotationError(
             f"{src}: {len(rows)} annotations have non-finite keypoint values (NaN/inf): ids "
             f"{_ids_text([anns[r]['id'] for r in rows])} (e.g. id {anns[first]['id']}, keypoint {joint}{joint_name}: "
-            f"{kpts[first, joint].tolist()}); fix the file or drop those annotations")
+            f"{kpts[first, joint].tolist()}); fix the file or drop those annotations"
+        )
     return kpts
 
 
@@ -387,7 +408,8 @@ def _fill_bbox(anns: list[dict], kpts: np.ndarray, labelled: np.ndarray, src: st
     if bad:
         raise AnnotationError(
             f"{src}: {len(bad)} annotations have a 'bbox' that is not [x, y, w, h] (4 finite numbers, w and h "
-            f">= 0): ids {_ids_text(bad)}; fix those boxes or remove the field (it is then filled from the keypoints)")
+            f">= 0): ids {_ids_text(bad)}; fix those boxes or remove the field (it is then filled from the keypoints)"
+        )
     if len(has) == len(anns):
         return
     missing = np.setdiff1d(np.arange(len(anns)), np.asarray(has, dtype=np.int64))
@@ -402,7 +424,7 @@ def _fill_bbox(anns: list[dict], kpts: np.ndarray, labelled: np.ndarray, src: st
         anns[i]["bbox"] = box
     how = "from the labelled keypoints' extent"
     if none.any():
-        how += f"; {int(none.sum())} without labelled keypoints got [0, 0, 0, 0]"
+        how += f", [0, 0, 0, 0] for {int(none.sum())} without any"
     filled["bbox"] = (len(missing), how)
 
 
@@ -417,8 +439,10 @@ def _fill_area(anns: list[dict], src: str, filled: dict) -> np.ndarray:
     bad = ~np.isfinite(areas) | (areas < 0)
     if bad.any():
         ids = [anns[i]["id"] for i in np.flatnonzero(bad)]
-        raise AnnotationError(f"{src}: {len(ids)} annotations have a negative or non-finite 'area': ids "
-                              f"{_ids_text(ids)}; fix them or remove the field (it is then bbox w*h)")
+        raise AnnotationError(
+            f"{src}: {len(ids)} annotations have a negative or non-finite 'area': ids "
+            f"{_ids_text(ids)}; fix them or remove the field (it is then bbox w*h)"
+        )
     return areas
 
 
@@ -442,8 +466,10 @@ def _floats(values: Iterator[Any]) -> np.ndarray:
 
 def _number(value: Any, ann: Mapping, key: str, src: str) -> float:
     if not _is_number(value):
-        raise AnnotationError(f"{src}: annotation {ann.get('id')}: '{key}' is {value!r}, expected a number; fix it "
-                              "or remove the field to have it filled")
+        raise AnnotationError(
+            f"{src}: annotation {ann.get('id')}: '{key}' is {value!r}, expected a number; fix it "
+            "or remove the field to have it filled"
+        )
     return float(value)
 
 
@@ -452,8 +478,13 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_box(box: Any) -> bool:
-    return (isinstance(box, list) and len(box) == 4 and all(_is_number(v) and np.isfinite(v) for v in box)
-            and box[2] >= 0 and box[3] >= 0)
+    return (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(_is_number(v) and np.isfinite(v) for v in box)
+        and box[2] >= 0
+        and box[3] >= 0
+    )
 
 
 def _len(value: Any) -> str:

@@ -81,27 +81,37 @@ def check_layout(keypoints: Mapping | str | KeypointSpec) -> tuple[KeypointSpec 
     limbs = [tuple(int(i) for i in p) for p in raw.get("skeleton") or ()]
     flat = [i for p in limbs for i in p]
     if flat and k_raw and min(flat) >= 1 and max(flat) <= k_raw:
-        table.add("skeleton", ERROR if max(flat) == k_raw else WARN,
-                  f"indices run {min(flat)}..{max(flat)} and none is 0: looks 1-based (a COCO file's skeleton "
-                  f"is); the layout's are 0-based (0..{k_raw - 1}): subtract 1 from every index")
+        table.add(
+            "skeleton",
+            ERROR if max(flat) == k_raw else WARN,
+            f"indices run {min(flat)}..{max(flat)} and none is 0: looks 1-based (a COCO file's skeleton "
+            f"is); the layout's are 0-based (0..{k_raw - 1}): subtract 1 from every index",
+        )
     pairs = [tuple(int(i) for i in p) for p in raw.get("flip_pairs") or ()]
     as_is = sum(_mirrored(names, a, b) for a, b in pairs)
     shifted = sum(_mirrored(names, a - 1, b - 1) for a, b in pairs)
     if pairs and shifted > as_is:
-        table.add("flip pairs", ERROR if max(i for p in pairs for i in p) == k_raw else WARN,
-                  f"{shifted} of {len(pairs)} pairs name left/right counterparts only after subtracting 1: looks "
-                  "1-based; subtract 1 from every index")
+        table.add(
+            "flip pairs",
+            ERROR if max(i for p in pairs for i in p) == k_raw else WARN,
+            f"{shifted} of {len(pairs)} pairs name left/right counterparts only after subtracting 1: looks "
+            "1-based; subtract 1 from every index",
+        )
     try:
         spec = build_keypoint_spec(keypoints)
     except ValueError as e:
         table.add("layout", ERROR, str(e))
         return None, table
     k = spec.num_keypoints
-    table.title = (f"layout '{spec.name}': {k} keypoints, {len(spec.flip_pairs)} flip pairs, "
-                   f"{len(spec.skeleton)} limbs")
+    table.title = f"layout '{spec.name}': {k} keypoints, {len(spec.flip_pairs)} flip pairs, {len(spec.skeleton)} limbs"
     if not any(r[0] == "skeleton" for r in table.rows):
-        table.add("skeleton", OK, f"{len(spec.skeleton)} limbs, indices in 0..{k - 1}" if spec.skeleton
-                  else "none (drawing and rescoring features need one)")
+        table.add(
+            "skeleton",
+            OK,
+            f"{len(spec.skeleton)} limbs, indices in 0..{k - 1}"
+            if spec.skeleton
+            else "none (drawing and rescoring features need one)",
+        )
     # left/right names not paired
     index = {n: i for i, n in enumerate(spec.names)}
     pairs = {frozenset(p) for p in spec.flip_pairs}
@@ -109,30 +119,38 @@ def check_layout(keypoints: Mapping | str | KeypointSpec) -> tuple[KeypointSpec 
     for name, i in index.items():
         for left, right in _SIDES:
             if name.lower().startswith(left):
-                other = next((n for n in index if n.lower() == right + name[len(left):].lower()), None)
+                other = next((n for n in index if n.lower() == right + name[len(left) :].lower()), None)
                 if other is None:
-                    unpaired.append(f"{name} (no '{right}{name[len(left):]}')")
+                    unpaired.append(f"{name} (no '{right}{name[len(left) :]}')")
                 elif frozenset((i, index[other])) not in pairs:
                     unpaired.append(f"{name}/{other}: add [{i}, {index[other]}] to flip_pairs")
             elif name.lower().startswith(right):
-                base = name[len(right):].lower()
+                base = name[len(right) :].lower()
                 if not any(n.lower() == left + base for n in index):
-                    unpaired.append(f"{name} (no '{left}{name[len(right):]}')")
+                    unpaired.append(f"{name} (no '{left}{name[len(right) :]}')")
     if unpaired:
-        table.add("flip pairs", WARN, "left/right names not flip pairs (a flip would not swap them): "
-                  + "; ".join(unpaired[:MAX_LISTED]) + (f" ... ({len(unpaired)} in all)" if len(unpaired) > MAX_LISTED
-                                                         else ""))
+        table.add(
+            "flip pairs",
+            WARN,
+            "left/right names not flip pairs (a flip would not swap them): "
+            + "; ".join(unpaired[:MAX_LISTED])
+            + (f" ... ({len(unpaired)} in all)" if len(unpaired) > MAX_LISTED else ""),
+        )
     else:
-        table.add("flip pairs", OK, f"{len(spec.flip_pairs)} pairs" + ("" if spec.can_flip else
-                                                                       " (no flip augmentation, no flip test)"))
+        table.add(
+            "flip pairs",
+            OK,
+            f"{len(spec.flip_pairs)} pairs" + ("" if spec.can_flip else " (no flip augmentation, no flip test)"),
+        )
     # OKS sigmas
     sig = spec.sigmas_array
     bad = [f"{spec.names[i]}={s:g}" for i, s in enumerate(sig) if not 0 < s < 1]
     if bad:
         table.add("OKS sigmas", ERROR, f"must be 0 < s < 1 (COCO: 0.025..0.107): {', '.join(bad[:MAX_LISTED])}")
     elif "sigmas" not in raw and "builtin" not in raw:
-        table.add("OKS sigmas", WARN, f"none given: 0.05 for all {k} keypoints (AP depends on them; set "
-                  "keypoints.sigmas)")
+        table.add(
+            "OKS sigmas", WARN, f"none given: 0.05 for all {k} keypoints (AP depends on them; set keypoints.sigmas)"
+        )
     else:
         table.add("OKS sigmas", OK, f"{len(sig)} in {sig.min():g}..{sig.max():g}")
     return spec, table
@@ -143,8 +161,9 @@ def _mirrored(names: Sequence[str], a: int, b: int) -> bool:
     if not (0 <= a < len(names) and 0 <= b < len(names)):
         return False
     x, y = sorted((names[a].lower(), names[b].lower()))
-    return any(x.startswith(left) and y.startswith(right) and x[len(left):] == y[len(right):]
-               for left, right in _SIDES)
+    return any(
+        x.startswith(left) and y.startswith(right) and x[len(left) :] == y[len(right) :] for left, right in _SIDES
+    )
 
 
 # ----------------------------------------------------------------------------- one split
@@ -168,8 +187,9 @@ def _image_size(path: Path, decode: bool) -> tuple[int, int] | None:
         return None
 
 
-def check_split(name: str, ann: Path, images: Path, spec: KeypointSpec, decode: bool = False,
-                check_images: bool = True) -> Table:
+def check_split(
+    name: str, ann: Path, images: Path, spec: KeypointSpec, decode: bool = False, check_images: bool = True
+) -> Table:
     """Table of one split: counts, filled fields, image files, keypoints, categories."""
     table = Table(f"split {name}: {ann} (images: {images})")
     try:
@@ -189,28 +209,45 @@ def check_split(name: str, ann: Path, images: Path, spec: KeypointSpec, decode: 
 def _counts(table: Table, data: dict, report: AnnotationReport) -> None:
     crowd = sum(1 for a in data["annotations"] if a["iscrowd"])
     with_images = len({a["image_id"] for a in data["annotations"]})
-    table.add("images", OK if report.num_images else ERROR,
-              f"{report.num_images} ({with_images} with annotations)")
-    table.add("people", OK if report.num_people else WARN,
-              f"{report.num_people} of {report.num_annotations} annotations ({crowd} crowd)")
+    table.add("images", OK if report.num_images else ERROR, f"{report.num_images} ({with_images} with annotations)")
+    table.add(
+        "people",
+        OK if report.num_people else WARN,
+        f"{report.num_people} of {report.num_annotations} annotations ({crowd} crowd)",
+    )
     table.add("labelled keypoints", OK if report.num_labelled else WARN, f"{report.num_labelled} (v > 0)")
 
 
 def _filled(table: Table, report: AnnotationReport) -> None:
     if report.filled:
-        table.add("missing fields", WARN, "; ".join(f"{k}: {n} of {report.num_annotations}, filled {how}"
-                                                   for k, (n, how) in report.filled.items()))
+        table.add(
+            "missing fields",
+            WARN,
+            "filled as the loader and the metric do: "
+            + "; ".join(f"{k}: {n} of {report.num_annotations} ({how})" for k, (n, how) in report.filled.items()),
+        )
     else:
         table.add("missing fields", OK, "none")
     if report.num_keypoints_mismatch:
-        table.add("num_keypoints", WARN, "disagrees with the keypoints (v > 0 counted) in annotations "
-                  f"{_ids(report.num_keypoints_mismatch)}; the loader and the metric use the stored value")
+        table.add(
+            "num_keypoints",
+            WARN,
+            "disagrees with the keypoints (v > 0 counted) in annotations "
+            f"{_ids(report.num_keypoints_mismatch)}; the loader and the metric use the stored value",
+        )
     if report.odd_visibility:
-        table.add("visibility", WARN, f"flags other than 0/1/2 in annotations {_ids(report.odd_visibility)} "
-                  "(v > 0 counts as labelled)")
+        table.add(
+            "visibility",
+            WARN,
+            f"flags other than 0/1/2 in annotations {_ids(report.odd_visibility)} (v > 0 counts as labelled)",
+        )
     if report.zero_area:
-        table.add("area", WARN, f"people with keypoints but area 0 in annotations {_ids(report.zero_area)}: no "
-                  "centre in training and no OKS match in evaluation; give them an area or a bbox")
+        table.add(
+            "area",
+            WARN,
+            f"people with keypoints but area 0 in annotations {_ids(report.zero_area)}: no "
+            "centre in training and no OKS match in evaluation; give them an area or a bbox",
+        )
 
 
 def _images(table: Table, data: dict, folder: Path, decode: bool) -> dict[Any, tuple[int, int]]:
@@ -225,8 +262,9 @@ def _images(table: Table, data: dict, folder: Path, decode: bool) -> dict[Any, t
     if missing:
         table.add("image files", ERROR, f"{len(missing)} of {len(paths)} missing in {folder}: {_ids(missing)}")
     if broken:
-        table.add("image files", ERROR, f"{len(broken)} of {len(paths)} unreadable: {_ids(broken)} (the loader "
-                  "skips them)")
+        table.add(
+            "image files", ERROR, f"{len(broken)} of {len(paths)} unreadable: {_ids(broken)} (the loader skips them)"
+        )
     if not missing and not broken:
         table.add("image files", OK, f"all {len(paths)} readable" + (" (decoded)" if decode else " (headers)"))
     sizes = {}
@@ -246,8 +284,9 @@ def _keypoints(table: Table, data: dict, spec: KeypointSpec, sizes: dict) -> Non
     k = spec.num_keypoints
     if not anns:
         return
-    kpts = np.fromiter(itertools.chain.from_iterable(a["keypoints"] for a in anns), dtype=np.float64,
-                       count=3 * k * len(anns)).reshape(-1, k, 3)
+    kpts = np.fromiter(
+        itertools.chain.from_iterable(a["keypoints"] for a in anns), dtype=np.float64, count=3 * k * len(anns)
+    ).reshape(-1, k, 3)
     dims = {im["id"]: (im.get("width"), im.get("height")) for im in data["images"]}
     dims.update(sizes)  # the files' own sizes where they were read
     wh = np.array([dims.get(a["image_id"], (None, None)) for a in anns], dtype=np.float64)  # None -> nan
@@ -257,18 +296,24 @@ def _keypoints(table: Table, data: dict, spec: KeypointSpec, sizes: dict) -> Non
     known = np.isfinite(w) & np.isfinite(h)
     outside = lab & known & ((x < 0) | (y < 0) | (x >= w) | (y >= h))
     rows = np.flatnonzero(outside.any(1))
-    table.add("non-finite keypoints", OK, "none (NaN/inf would have stopped the loader)")
+    table.add("non-finite keypoints", OK, "none")
     if rows.size:
         ids = [anns[r]["id"] for r in rows]
         r = rows[0]
         j = int(np.flatnonzero(outside[r])[0])
-        table.add("keypoints outside image", WARN,
-                  f"{int(outside.sum())} labelled keypoints in {len(ids)} annotations ({_ids(ids)}; e.g. id "
-                  f"{anns[r]['id']} '{spec.names[j]}' at ({x[r, j]:g}, {y[r, j]:g}) in a {w[r, 0]:g}x{h[r, 0]:g} "
-                  "image); they are cropped away by augmentation")
+        table.add(
+            "keypoints outside image",
+            WARN,
+            f"{int(outside.sum())} labelled keypoints in {len(ids)} annotations ({_ids(ids)}; e.g. id "
+            f"{anns[r]['id']} '{spec.names[j]}' at ({x[r, j]:g}, {y[r, j]:g}) in a {w[r, 0]:g}x{h[r, 0]:g} "
+            "image); they are cropped away by augmentation",
+        )
     else:
-        table.add("keypoints outside image", OK, "none" + ("" if known.all() else
-                                                           f" (size unknown for {int((~known).sum())} annotations)"))
+        table.add(
+            "keypoints outside image",
+            OK,
+            "none" + ("" if known.all() else f" (size unknown for {int((~known).sum())} annotations)"),
+        )
 
 
 def _categories(table: Table, data: dict, spec: KeypointSpec) -> None:
@@ -282,8 +327,10 @@ def _categories(table: Table, data: dict, spec: KeypointSpec) -> None:
         if tuple(names) != spec.names:
             diff = next(i for i, (a, b) in enumerate(zip(names, spec.names)) if a != b)
             status = WARN
-            details.append(f"'{cat.get('name')}': {len(names)} names = layout '{spec.name}', but keypoint {diff} is "
-                           f"'{names[diff]}' in the file and '{spec.names[diff]}' in the layout: same order?")
+            details.append(
+                f"'{cat.get('name')}': {len(names)} names = layout '{spec.name}', but keypoint {diff} is "
+                f"'{names[diff]}' in the file and '{spec.names[diff]}' in the layout: same order?"
+            )
         else:
             details.append(f"'{cat.get('name')}': {len(names)} names, as layout '{spec.name}'")
     table.add("category keypoints", status, "; ".join(details) or "no categories")
@@ -312,8 +359,10 @@ def _data_config(overrides: list[str], config_dir: Path) -> dict:
         except HydraException as e:  # e.g. another group of train.yaml does not compose: the data group alone
             if any(o.split("=")[0].lstrip("+~").split(".")[0] not in ("data", "paths") for o in overrides):
                 raise
-            print(f"note: conf/train.yaml does not compose ({str(e).splitlines()[0]}); reading the data group "
-                  "alone", file=sys.stderr)
+            print(
+                f"note: conf/train.yaml does not compose ({str(e).splitlines()[0]}); reading the data group alone",
+                file=sys.stderr,
+            )
             data_overrides = [("+" + o if o.startswith("data=") else o) for o in overrides]
             if not any(o.startswith("+data=") for o in data_overrides):
                 data_overrides.insert(0, "+data=synthetic")  # train.yaml's default
@@ -352,8 +401,10 @@ def _splits(data: Mapping) -> list[tuple[str, Path, Path]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the checks; print the tables; return the exit code (1 on errors)."""
     parser = argparse.ArgumentParser(
-        prog="python -m dekr.data.check", description=__doc__.split("\n\n")[0],
-        epilog="Other arguments are Hydra overrides of conf/train.yaml, e.g. data=coco data.root=/data/coco")
+        prog="python -m dekr.data.check",
+        description=__doc__.split("\n\n")[0],
+        epilog="Other arguments are Hydra overrides of conf/train.yaml, e.g. data=coco data.root=/data/coco",
+    )
     parser.add_argument("--ann", help="annotation file (instead of a data config)")
     parser.add_argument("--images", help="image folder of --ann (default: the file's folder)")
     parser.add_argument("--layout", default="coco", help="built-in layout for --ann (coco, crowdpose)")

@@ -92,6 +92,23 @@ class ResumableSampler(DistributedSampler):
             yield SeededIndex(i, sample_seed(self.seed, epoch, i))
 
 
+class ResumableLoader(DataLoader):
+    """The training ``DataLoader``: its iterator (and so the sampler's epoch order and workers)
+    starts at the first batch request, i.e. after Lightning has restored a checkpoint's loop
+    counters that :class:`ResumableSampler` reads (Lightning creates the iterator earlier, when it
+    counts the steps for the LR schedule). Lightning sees it as stateful; its state is the fit
+    loop's own counters, so ``state_dict`` is empty."""
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
 class DEKRDataModule(pl.LightningDataModule):
     """Train/val/test data of one COCO-format keypoint dataset.
 
@@ -212,12 +229,12 @@ class DEKRDataModule(pl.LightningDataModule):
                 self.datasets[split] = self.make_dataset(split)
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, **kwargs: Any) -> DataLoader:
+    def _loader(self, split: str, loader: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         # the loader's own generator draws the worker base seed: iterating never moves the global RNG
         generator = torch.Generator().manual_seed(_global_seed())
-        return DataLoader(
+        return loader(
             self.datasets[split],
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -247,8 +264,8 @@ class DEKRDataModule(pl.LightningDataModule):
         sampler = ResumableSampler(dataset, self.batch_size, num_replicas=replicas, rank=rank, seed=_global_seed(),
                                    position=self._train_position if trainer is not None else None)
         drop_last = len(sampler) > self.batch_size
-        return self._loader("train", batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
-                            collate_fn=train_collate)
+        return self._loader("train", ResumableLoader, batch_size=self.batch_size, sampler=sampler,
+                            drop_last=drop_last, collate_fn=train_collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", batch_size=self.val_batch_size, shuffle=False, collate_fn=eval_collate)

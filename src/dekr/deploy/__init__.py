@@ -13,7 +13,7 @@ Submodules are imported lazily: ``from dekr.deploy import OnnxModel`` does not i
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +79,10 @@ def load_backend(
         if onnx_path is None:
             raise ValueError("backend=onnx needs the exported file: onnx=PATH (make one with `python src/export.py`)")
         if checkpoint is not None:
-            raise ValueError("backend=onnx runs the weights baked into the .onnx file; drop checkpoint "
-                             "(or re-export with `python src/export.py checkpoint=...`)")
+            raise ValueError(
+                "backend=onnx runs the weights baked into the .onnx file; drop checkpoint "
+                "(or re-export with `python src/export.py checkpoint=...`)"
+            )
         from dekr.deploy.onnx_backend import OnnxModel
 
         return OnnxModel(onnx_path, providers=providers, intra_op_num_threads=threads)
@@ -90,9 +92,16 @@ def load_backend(
     from dekr.model.checkpoint import load_weights
 
     net = load_weights(model, checkpoint) if checkpoint is not None else model
-    return optimize_for_inference(net, channels_last=channels_last, compile=compile,
-                                  precision=precision, device=device)  # type: ignore[arg-type]
+    return optimize_for_inference(net, channels_last=channels_last, compile=compile, precision=precision, device=device)  # type: ignore[arg-type]
 
 
-__all__ = ["BACKENDS", "ExportResult", "InferenceModel", "OnnxModel", "export_onnx",
-           "load_backend", "optimize_for_inference", "verify_onnx"]
+__all__ = [
+    "BACKENDS",
+    "ExportResult",
+    "InferenceModel",
+    "OnnxModel",
+    "export_onnx",
+    "load_backend",
+    "optimize_for_inference",
+    "verify_onnx",
+]

@@ -130,13 +130,33 @@ def deform_translation(force: bool = False) -> dict | None:
     import torchvision  # noqa: F401  (registers torch.ops.torchvision)
     from onnxscript import opset19 as op
 
-    def deform_conv2d(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int,  # noqa: A002
-                      pad_w: int, dilation_h: int, dilation_w: int, groups: int, offset_groups: int,
-                      use_mask: bool):
+    def deform_conv2d(
+        input,
+        weight,
+        offset,
+        mask,
+        bias,
+        stride_h: int,
+        stride_w: int,
+        pad_h: int,  # noqa: A002
+        pad_w: int,
+        dilation_h: int,
+        dilation_w: int,
+        groups: int,
+        offset_groups: int,
+        use_mask: bool,
+    ):
         return op.DeformConv(
-            input, weight, offset, bias, mask if use_mask else None,
-            dilations=[dilation_h, dilation_w], group=groups, offset_group=offset_groups,
-            pads=[pad_h, pad_w, pad_h, pad_w], strides=[stride_h, stride_w],
+            input,
+            weight,
+            offset,
+            bias,
+            mask if use_mask else None,
+            dilations=[dilation_h, dilation_w],
+            group=groups,
+            offset_group=offset_groups,
+            pads=[pad_h, pad_w, pad_h, pad_w],
+            strides=[stride_h, stride_w],
         )
 
     return {torch.ops.torchvision.deform_conv2d.default: deform_conv2d}
@@ -151,7 +171,9 @@ def _size2(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def _metadata(model: nn.Module, impl: str, model_kwargs: Mapping[str, Any] | None, codec: CodecConfig) -> dict[str, str]:
+def _metadata(
+    model: nn.Module, impl: str, model_kwargs: Mapping[str, Any] | None, codec: CodecConfig
+) -> dict[str, str]:
     meta = {
         "dekr.adaptive_impl": impl,
         "dekr.stride": str(int(getattr(model, "stride", codec.stride))),
@@ -220,9 +242,11 @@ def export_onnx(
         raise ValueError(f"adaptive_impl must be one of {IMPLS}, got '{impl}'")
     opset = DEFAULT_OPSET[impl] if opset is None else int(opset)
     if opset < MIN_OPSET[impl]:
-        hint = ("DeformConv exists from opset 19" if impl == "deform" else "GridSample exists from opset 16")
-        raise ValueError(f"opset {opset} is too old for impl={impl}: {hint}; use opset>={MIN_OPSET[impl]}"
-                         + (" or impl=grid_sample (opset>=16)" if impl == "deform" else ""))
+        hint = "DeformConv exists from opset 19" if impl == "deform" else "GridSample exists from opset 16"
+        raise ValueError(
+            f"opset {opset} is too old for impl={impl}: {hint}; use opset>={MIN_OPSET[impl]}"
+            + (" or impl=grid_sample (opset>=16)" if impl == "deform" else "")
+        )
     h, w = _size2(input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,9 +262,15 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*opset.*")  # the down-conversion notice
             program = torch.onnx.export(
-                net, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES), dynamic_shapes={INPUT_NAME: {0: dyn, 2: dyn, 3: dyn}},
-                optimize=True, verbose=False,
+                net,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={INPUT_NAME: {0: dyn, 2: dyn, 3: dyn}},
+                optimize=True,
+                verbose=False,
                 custom_translation_table=deform_translation(force_translation) if impl == "deform" else None,
             )
     except Exception as err:  # the exporter raises many types; re-raise with context
@@ -338,19 +368,31 @@ def verify_onnx(
             hint = (
                 f" The outputs reach {scale:.1e}, so this is {max(check[n] for n in bad) / scale:.0e} relative: "
                 "float rounding on an untrained network (no BN statistics); export a trained checkpoint, or "
-                "accept it with rtol=1e-5." if scale > 1e3 else
-                " Try the other adaptive_impl or opset, and report the versions of torch, onnxscript and onnxruntime."
+                "accept it with rtol=1e-5."
+                if scale > 1e3
+                else " Try the other adaptive_impl or opset, and report the versions of torch, onnxscript and "
+                "onnxruntime."
             )
             raise ExportVerificationError(
                 f"{path} does not match PyTorch at input {tuple(shape)}: "
-                + ", ".join(f"{n} max |diff| {check[n]:.3e} > {limit[n]:.1e} (values up to {check[n + '_scale']:.1e})"
-                            for n in bad)
-                + f". The unverified file is kept at {path} for inspection." + hint
+                + ", ".join(
+                    f"{n} max |diff| {check[n]:.3e} > {limit[n]:.1e} (values up to {check[n + '_scale']:.1e})"
+                    for n in bad
+                )
+                + f". The unverified file is kept at {path} for inspection."
+                + hint
             )
     return checks
 
 
 __all__ = [
-    "DEFAULT_OPSET", "IMPLS", "MIN_OPSET", "ExportError", "ExportResult", "ExportVerificationError",
-    "export_onnx", "prepare_for_export", "verify_onnx",
+    "DEFAULT_OPSET",
+    "IMPLS",
+    "MIN_OPSET",
+    "ExportError",
+    "ExportResult",
+    "ExportVerificationError",
+    "export_onnx",
+    "prepare_for_export",
+    "verify_onnx",
 ]

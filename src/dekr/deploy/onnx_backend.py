@@ -161,8 +161,10 @@ class OnnxModel:
         return torch.from_numpy(heatmaps).to(device), torch.from_numpy(offsets).to(device)
 
     def __repr__(self) -> str:
-        return (f"OnnxModel('{self.path}', providers={self.providers}, impl={self.adaptive_impl}, "
-                f"num_keypoints={self.num_keypoints})")
+        return (
+            f"OnnxModel('{self.path}', providers={self.providers}, impl={self.adaptive_impl}, "
+            f"num_keypoints={self.num_keypoints})"
+        )
 
 
 __all__ = ["OPTIMIZATION_LEVELS", "OnnxModel", "default_providers"]

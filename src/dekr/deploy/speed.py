@@ -95,8 +95,11 @@ class InferenceModel(nn.Module):
                 try:
                     self.__dict__["_compiled"] = torch.compile(self.model, mode=compile_mode, dynamic=dynamic)
                 except Exception as err:
-                    warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); running eager",
-                                  RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"torch.compile failed ({type(err).__name__}: {err}); running eager",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             else:
                 warnings.warn(f"{why}; running eager", RuntimeWarning, stacklevel=2)
 
@@ -120,7 +123,9 @@ class InferenceModel(nn.Module):
                 except Exception as err:  # inductor/dynamo failures surface at the first call
                     warnings.warn(
                         f"torch.compile failed at run time ({type(err).__name__}: {str(err)[:300]}); "
-                        "falling back to eager for this model", RuntimeWarning, stacklevel=2,
+                        "falling back to eager for this model",
+                        RuntimeWarning,
+                        stacklevel=2,
                     )
                     self.__dict__["_compiled"] = None
                     out = self.model(images)
@@ -151,9 +156,16 @@ def optimize_for_inference(
     if device is not None:
         model = model.to(device)
     model.eval()
-    return InferenceModel(model, channels_last=channels_last, precision=precision, compile=compile,
-                          compile_mode=compile_mode).eval()
+    return InferenceModel(
+        model, channels_last=channels_last, precision=precision, compile=compile, compile_mode=compile_mode
+    ).eval()
 
 
-__all__ = ["PRECISIONS", "InferenceModel", "Precision", "check_precision", "compile_supported",
-           "optimize_for_inference"]
+__all__ = [
+    "PRECISIONS",
+    "InferenceModel",
+    "Precision",
+    "check_precision",
+    "compile_supported",
+    "optimize_for_inference",
+]

@@ -69,9 +69,13 @@ def _torch_model(cfg: Any, spec: KeypointSpec, codec: CodecConfig) -> tuple[torc
     net = build_network(spec, cfg.model, stored, prefer_stored=bool(cfg.get("model_from_checkpoint", True)))
     device = resolve_device(cfg.get("device"))
     speed = cfg.get("speed") or {}
-    model = optimize_for_inference(net.eval(), channels_last=bool(speed.get("channels_last", False)),
-                                   compile=bool(speed.get("compile", False)),
-                                   precision=str(speed.get("precision", "fp32")), device=device)
+    model = optimize_for_inference(
+        net.eval(),
+        channels_last=bool(speed.get("channels_last", False)),
+        compile=bool(speed.get("compile", False)),
+        precision=str(speed.get("precision", "fp32")),
+        device=device,
+    )
     return model, device, codec
 
 
@@ -95,8 +99,12 @@ def network_codec(stored: Any, codec: CodecConfig, origin: str) -> CodecConfig:
         return codec
     trained = CodecConfig.from_mapping(stored, origin=f"{origin} (stored codec)")
     if (trained.stride, trained.input) != (codec.stride, codec.input):
-        log.warning("%s was trained with stride %d and input normalisation %s: using those", origin,
-                    trained.stride, trained.input)
+        log.warning(
+            "%s was trained with stride %d and input normalisation %s: using those",
+            origin,
+            trained.stride,
+            trained.input,
+        )
     return codec.replace(stride=trained.stride, input=trained.to_dict()["input"])
 
 

@@ -59,9 +59,13 @@ class TestConfig:
         names = list(cls.__dataclass_fields__)
         if set(values) != set(names):
             raise ValueError(f"test config: keys {sorted(values)} differ from {names}")
-        return cls(input_size=int(values["input_size"]), flip=bool(values["flip"]),
-                   scales=tuple(float(s) for s in values["scales"]), batch_size=int(values["batch_size"]),
-                   max_dets=int(values["max_dets"]))
+        return cls(
+            input_size=int(values["input_size"]),
+            flip=bool(values["flip"]),
+            scales=tuple(float(s) for s in values["scales"]),
+            batch_size=int(values["batch_size"]),
+            max_dets=int(values["max_dets"]),
+        )
 
 
 @dataclass
@@ -96,8 +100,13 @@ class PoseEstimator:
     """
 
     def __init__(
-        self, model: Model, spec: KeypointSpec, codec: CodecConfig | None, test: TestConfig,
-        rescorer: Rescorer | None = None, device: str | torch.device | None = None,
+        self,
+        model: Model,
+        spec: KeypointSpec,
+        codec: CodecConfig | None,
+        test: TestConfig,
+        rescorer: Rescorer | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         self.model = model
         self._device = None if device is None else torch.device(device)
@@ -189,7 +198,7 @@ class PoseEstimator:
         """Same as :meth:`predict_batch`, in chunks of ``batch_size``."""
         out: list[PoseResult] = []
         for start in range(0, len(images), self.batch_size):
-            out.extend(self.predict_batch(images[start:start + self.batch_size]))
+            out.extend(self.predict_batch(images[start : start + self.batch_size]))
         return out
 
     def stream(self, images: Iterable[np.ndarray]) -> Iterator[PoseResult]:

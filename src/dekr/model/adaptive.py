@@ -100,19 +100,20 @@ def sampling_grid(transform: torch.Tensor, groups: int, dilation: int) -> torch.
     xs = torch.arange(w, device=t.device, dtype=t.dtype).view(1, w)
     sy, sx = 2.0 / h, 2.0 / w
     # rows: coefficient of gy, coefficient of gx, constant; last axis (x, y)
-    coef = torch.stack((
-        torch.stack((sx * t[:, :, 2], sy * (t[:, :, 0] + (dilation - 1))), dim=-1),
-        torch.stack((sx * (t[:, :, 3] + (dilation - 1)), sy * t[:, :, 1]), dim=-1),
-        torch.stack((sx * (xs + t[:, :, 5]) + (1.0 / w - 1.0), sy * (ys + t[:, :, 4]) + (1.0 / h - 1.0)), dim=-1),
-    ), dim=2)  # [N, G, 3, H, W, 2]
+    coef = torch.stack(
+        (
+            torch.stack((sx * t[:, :, 2], sy * (t[:, :, 0] + (dilation - 1))), dim=-1),
+            torch.stack((sx * (t[:, :, 3] + (dilation - 1)), sy * t[:, :, 1]), dim=-1),
+            torch.stack((sx * (xs + t[:, :, 5]) + (1.0 / w - 1.0), sy * (ys + t[:, :, 4]) + (1.0 / h - 1.0)), dim=-1),
+        ),
+        dim=2,
+    )  # [N, G, 3, H, W, 2]
     basis = t.new_tensor((_GRID_Y, _GRID_X, (1.0,) * 9)).t()  # [9, 3]
     grid = torch.matmul(basis, coef.view(n * groups, 3, h * w * 2))  # [N*G, 9, H*W*2]
     return grid.view(n * groups, 9 * h, w, 2)
 
 
-def adaptive_conv_grid_sample(
-    x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, groups: int
-) -> torch.Tensor:
+def adaptive_conv_grid_sample(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, groups: int) -> torch.Tensor:
     """Adaptive convolution as one bilinear ``grid_sample`` plus one batched matmul.
 
     Args:
@@ -133,8 +134,6 @@ def adaptive_conv_grid_sample(
     )  # [N*G, C, 9*H, W] = [N, G, C*9, H*W]
     out = torch.matmul(weight.reshape(1, g, co, c * 9), sampled.view(n, g, c * 9, h * w))
     return out.view(n, g * co, h, w)
-
-
 
 
 class GroupedAdaptiveBlock(nn.Module):
@@ -202,8 +201,13 @@ class GroupedConvBlock(nn.Module):
         super().__init__()
         self.groups = groups
         self.conv = nn.Conv2d(
-            groups * channels, groups * channels, 3, padding=dilation, dilation=dilation,
-            groups=groups, bias=False,
+            groups * channels,
+            groups * channels,
+            3,
+            padding=dilation,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
         )
         self.bn = nn.BatchNorm2d(groups * channels)
         nn.init.normal_(self.conv.weight, std=0.001)

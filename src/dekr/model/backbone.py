@@ -15,13 +15,28 @@ import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionNetFeatures
 from torch import nn
 
-HRNET_VARIANTS = ("hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w30", "hrnet_w32",
-                  "hrnet_w40", "hrnet_w44", "hrnet_w48", "hrnet_w64")
+HRNET_VARIANTS = (
+    "hrnet_w18_small",
+    "hrnet_w18_small_v2",
+    "hrnet_w18",
+    "hrnet_w30",
+    "hrnet_w32",
+    "hrnet_w40",
+    "hrnet_w44",
+    "hrnet_w48",
+    "hrnet_w64",
+)
 
 
 def _stage(branches: int, blocks: int, width: int, block: str = "BASIC") -> dict:
-    return {"num_modules": 1, "num_branches": branches, "block_type": block, "num_blocks": (blocks,) * branches,
-            "num_channels": tuple(width * 2**i for i in range(branches)), "fuse_method": "SUM"}
+    return {
+        "num_modules": 1,
+        "num_branches": branches,
+        "block_type": block,
+        "num_blocks": (blocks,) * branches,
+        "num_channels": tuple(width * 2**i for i in range(branches)),
+        "fuse_method": "SUM",
+    }
 
 
 #: Project-defined HRNet layouts in timm's format, built with timm's own classes (no ImageNet weights).
@@ -55,8 +70,9 @@ class HRNetBackbone(nn.Module):
             )
         if name in CUSTOM_VARIANTS:
             if pretrained:
-                raise ValueError(f"'{name}' is a project-defined layout without ImageNet weights; "
-                                 "set model.pretrained=false")
+                raise ValueError(
+                    f"'{name}' is a project-defined layout without ImageNet weights; set model.pretrained=false"
+                )
             self.body = HighResolutionNetFeatures(CUSTOM_VARIANTS[name], feature_location="", out_indices=(1, 2, 3, 4))
             self.channels = list(self.body.feature_info.channels())
             self.out_channels = sum(self.channels)
@@ -64,7 +80,10 @@ class HRNetBackbone(nn.Module):
             return
         try:
             self.body = timm.create_model(
-                name, pretrained=pretrained, features_only=True, feature_location="",
+                name,
+                pretrained=pretrained,
+                features_only=True,
+                feature_location="",
                 out_indices=(1, 2, 3, 4),
             )
         except Exception as err:  # timm raises various network/hub errors

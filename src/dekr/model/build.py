@@ -33,17 +33,20 @@ log = logging.getLogger(__name__)
 NETWORK_TARGET = "dekr.model.DEKR"
 
 
-def network_arguments(model: Mapping[str, Any] | Any, origin: str = "model config") -> dict[str, Any]:
+def network_arguments(model: Mapping[str, Any] | Any, origin: str = "model config", stored: bool = False) -> dict:
     """Checked :class:`DEKR` keyword arguments from a model config node (``_target_`` optional, and
-    only :data:`NETWORK_TARGET`) or from stored plain data."""
+    only :data:`NETWORK_TARGET`) or, with ``stored``, from a file's plain data (no ``_target_`` at all)."""
     node = plain(model)
     if not isinstance(node, Mapping):
         raise ValueError(f"{origin}: expected a mapping of DEKR arguments, got {type(node).__name__}")
     node = dict(node)
+    if stored:
+        return check_arguments(DEKR, node, origin)
     target = node.pop("_target_", NETWORK_TARGET)
     if target not in (NETWORK_TARGET, "dekr.model.network.DEKR"):
-        raise ValueError(f"{origin}: _target_ must be {NETWORK_TARGET}, got {target!r} (only the DEKR network "
-                         "is built from configs)")
+        raise ValueError(
+            f"{origin}: _target_ must be {NETWORK_TARGET}, got {target!r} (only the DEKR network is built from configs)"
+        )
     if node.get("num_keypoints", 0) is None:  # from the layout (build_network)
         del node["num_keypoints"]
     return check_arguments(DEKR, node, origin)
@@ -63,7 +66,11 @@ def arguments_from_weights(state: Mapping[str, Any], origin: str = "checkpoint")
         hints = diagnose_state_dict(state)
         raise CheckpointMismatchError(
             f"{origin} is not a DEKR checkpoint of this project (no {', '.join(k for k in needed if k not in state)})"
-            + (": " + "; ".join(hints) if hints else "; pass a training .ckpt or a file made by `python -m dekr.convert`")
+            + (
+                ": " + "; ".join(hints)
+                if hints
+                else "; pass a training .ckpt or a file made by `python -m dekr.convert`"
+            )
         )
     k = state["heatmap_head.final.weight"].shape[0] - 1
     width = int(state["backbone.body.transition1.0.0.weight"].shape[0])
@@ -102,7 +109,7 @@ def build_network(
     """
     stored = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     if stored is not None and stored.network is not None and (prefer_stored or model is None):
-        args = network_arguments(stored.network, f"{stored.path} (stored network arguments)")
+        args = network_arguments(stored.network, f"{stored.path} (stored network arguments)", stored=True)
         origin = str(stored.path)
         if model is not None:
             log.info("building the network stored in %s: %s", stored.path, args)

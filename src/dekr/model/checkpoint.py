@@ -33,11 +33,14 @@ def diagnose_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module | No
             f"HRNet-W{own[key].shape[0]} (choose model=dekr_w{state[key].shape[0]})"
         )
     if any(k.startswith(("offset_feature_layers.", "module.offset_feature_layers.")) for k in state):
-        hints.append("this is an official HRNet/DEKR checkpoint: convert it first with "
-                     "`python -m dekr.convert SRC DST --source official`")
+        hints.append(
+            "this is an official HRNet/DEKR checkpoint: convert it first with "
+            "`python -m dekr.convert SRC DST --source official`"
+        )
     elif any(k.startswith("head.displacement_conv_layers") or k.startswith("keypoint_head.") for k in state):
-        hints.append("this is an MMPose checkpoint: convert it first with "
-                     "`python -m dekr.convert SRC DST --source mmpose`")
+        hints.append(
+            "this is an MMPose checkpoint: convert it first with `python -m dekr.convert SRC DST --source mmpose`"
+        )
     return hints
 
 
@@ -104,7 +107,7 @@ def read_checkpoint(path: str | Path) -> StoredCheckpoint:
         raise CheckpointMismatchError(f"{path} holds no state_dict of tensors")
     for prefix in ("net.", "model."):  # Lightning checkpoint: keep the network's weights
         if any(k.startswith(prefix) for k in state) and not any(k.startswith("backbone.") for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             break
     stored = payload.get("dekr") if isinstance(payload.get("dekr"), Mapping) else {}
     network = stored.get("network")
@@ -117,8 +120,12 @@ def read_checkpoint(path: str | Path) -> StoredCheckpoint:
     if network is not None and not isinstance(network, Mapping):
         raise CheckpointMismatchError(f"{path}: the stored network arguments are not a mapping: {network!r}")
     return StoredCheckpoint(
-        path=path, state=dict(state), network=None if network is None else dict(network),
-        keypoints=stored.get("keypoints"), codec=stored.get("codec"), raw_keys=tuple(map(str, payload)),
+        path=path,
+        state=dict(state),
+        network=None if network is None else dict(network),
+        keypoints=stored.get("keypoints"),
+        codec=stored.get("codec"),
+        raw_keys=tuple(map(str, payload)),
     )
 
 

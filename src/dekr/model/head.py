@@ -38,14 +38,17 @@ class HeatmapHead(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, num_keypoints: int, channels: int = 32, num_blocks: int = 1,
+        self,
+        in_channels: int,
+        num_keypoints: int,
+        channels: int = 32,
+        num_blocks: int = 1,
         dilation: int = 1,
     ) -> None:
         super().__init__()
         self.transition = conv_bn_relu(in_channels, channels)
         self.blocks = nn.Sequential(
-            *[BasicBlock(channels, channels, dilation=dilation, first_dilation=dilation)
-              for _ in range(num_blocks)]
+            *[BasicBlock(channels, channels, dilation=dilation, first_dilation=dilation) for _ in range(num_blocks)]
         )
         self.final = nn.Conv2d(channels, num_keypoints + 1, 1)
 
@@ -56,9 +59,7 @@ class HeatmapHead(nn.Module):
 def split_keypoints(num_keypoints: int, num_branches: int) -> list[list[int]]:
     """Contiguous, near-equal split of keypoint indices into branches."""
     if not 1 <= num_branches <= num_keypoints:
-        raise ValueError(
-            f"num_branches must be in [1, num_keypoints={num_keypoints}], got {num_branches}"
-        )
+        raise ValueError(f"num_branches must be in [1, num_keypoints={num_keypoints}], got {num_branches}")
     return [part.tolist() for part in np.array_split(np.arange(num_keypoints), num_branches)]
 
 
@@ -99,9 +100,7 @@ class OffsetHead(nn.Module):
         groups = [list(map(int, g)) for g in keypoint_groups]
         flat = sorted(i for g in groups for i in g)
         if flat != list(range(num_keypoints)) or any(not g for g in groups):
-            raise ValueError(
-                f"keypoint_groups {groups} must partition range({num_keypoints}) into non-empty groups"
-            )
+            raise ValueError(f"keypoint_groups {groups} must partition range({num_keypoints}) into non-empty groups")
         if block not in ("adaptive", "conv"):
             raise ValueError(f"offset head block must be 'adaptive' or 'conv', got '{block}'")
         self.keypoint_groups = groups
@@ -114,12 +113,12 @@ class OffsetHead(nn.Module):
         self.transition = conv_bn_relu(in_channels, num_branches * branch_channels)
         block_cls = GroupedAdaptiveBlock if block == "adaptive" else GroupedConvBlock
         self.blocks = nn.Sequential(
-            *[block_cls(num_branches, branch_channels, dilation=dilation, impl=impl, checkpoint=checkpoint)
-              for _ in range(num_blocks)]
+            *[
+                block_cls(num_branches, branch_channels, dilation=dilation, impl=impl, checkpoint=checkpoint)
+                for _ in range(num_blocks)
+            ]
         )
-        self.final = nn.Conv2d(
-            num_branches * branch_channels, num_branches * 2 * per_branch, 1, groups=num_branches
-        )
+        self.final = nn.Conv2d(num_branches * branch_channels, num_branches * 2 * per_branch, 1, groups=num_branches)
         # Channel of the final conv holding each output channel (keypoint order, x/y interleaved).
         order = torch.empty(2 * num_keypoints, dtype=torch.long)
         for b, group in enumerate(groups):

@@ -71,9 +71,16 @@ class DEKR(nn.Module):
         c_in = self.backbone.out_channels
         self.heatmap_head = HeatmapHead(c_in, num_keypoints, heatmap_channels, heatmap_blocks)
         self.offset_head = OffsetHead(
-            c_in, num_keypoints, num_branches=num_branches, keypoint_groups=keypoint_groups,
-            channels_per_keypoint=channels_per_keypoint, num_blocks=offset_blocks, block=block,
-            dilation=dilation, impl=adaptive_impl, checkpoint=checkpoint,
+            c_in,
+            num_keypoints,
+            num_branches=num_branches,
+            keypoint_groups=keypoint_groups,
+            channels_per_keypoint=channels_per_keypoint,
+            num_blocks=offset_blocks,
+            block=block,
+            dilation=dilation,
+            impl=adaptive_impl,
+            checkpoint=checkpoint,
         )
         init_head_weights(self.heatmap_head)
         init_head_weights(self.offset_head)
