@@ -35,7 +35,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     dm.setup("validate" if cfg.split == "val" else "test")
     loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
-    metric = KeypointAP(dm.datasets[cfg.split].coco.dataset, spec, max_dets=estimator.test.max_dets)
+    gt = dm.datasets[cfg.split].coco.dataset
+    metric = KeypointAP(gt, spec, max_dets=estimator.test.max_dets, **dm.metric_options)
     limit = cfg.get("limit_images")
     seen, start = 0, time.perf_counter()
     bar = tqdm(total=limit or len(loader.dataset), disable=not cfg.progress, desc="eval", unit="img")

@@ -3,16 +3,21 @@
     python src/predict.py input=PATH checkpoint=CKPT [data=crowdpose] [model=dekr_w48] [device=cuda]
 
 Writes into the run folder: ``predictions.json`` (COCO keypoint results in original pixels, with
-``file_name`` and, for videos, ``frame``), ``overlays/<image>.jpg`` and, for a video,
-``<name>_pose.mp4``. Unreadable inputs are reported and skipped; they never stop the run.
+``file_name`` and, for videos, ``frame`` and ``track_id``), ``overlays/<image>.jpg`` and, for a video,
+``<name>_pose.mp4`` and ``predictions.jsonl`` (one line per frame, written as the frames finish, so a
+killed run keeps them; ``resume=true`` continues after them). ``track.enabled=true`` gives people
+stable IDs (:mod:`dekr.track`). Unreadable inputs are reported and skipped; they never stop the run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import hydra
@@ -21,10 +26,12 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import dekr  # noqa: F401  (registers the config resolvers)
-from dekr.inference.factory import build_estimator
+from dekr.inference.factory import build_estimator, build_tracker
 from dekr.inference.predictor import PoseEstimator, PoseResult
 from dekr.keypoints import KeypointSpec
 from dekr.metrics import write_json
+from dekr.results import FrameResult
+from dekr.track import PoseTracker
 from dekr.viz import draw_poses
 
 log = logging.getLogger(__name__)
@@ -88,8 +95,9 @@ def predict_images(
     overlay_dir = out / "overlays"
     stems = [p.stem for p in paths]
     # one overlay per input: files sharing a stem (a.jpg, a.png) keep their extension in the name
-    overlay_name = {p: f"{p.stem}.jpg" if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix.lstrip('.')}.jpg"
-                    for p in paths}
+    overlay_name = {
+        p: f"{p.stem}.jpg" if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix.lstrip('.')}.jpg" for p in paths
+    }
     bar = tqdm(total=len(paths), disable=not cfg.progress, desc="images", unit="img")
 
     def readable() -> Iterator[tuple[int, Path, np.ndarray]]:
@@ -144,29 +152,68 @@ def _safe_batch(
     return out
 
 
+JSONL = "predictions.jsonl"
+
+
+def read_done_frames(path: Path) -> dict[str, int]:
+    """How many frames of each source ``predictions.jsonl`` already holds. A last line cut short (a
+    killed write) is dropped: the file is truncated after the last complete line."""
+    if not path.exists():
+        return {}
+    with open(path, "r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        tail = fh.seek(max(size - (1 << 20), 0))
+        end = tail + fh.read().rfind(b"\n") + 1 if size else 0
+        if end < size:
+            log.warning("%s: dropping an incomplete last line (%d bytes) of a killed run", path, size - end)
+            fh.truncate(end)
+    done: dict[str, int] = {}
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                source = json.loads(line)["source"]
+                done[source] = done.get(source, 0) + 1
+    return done
+
+
+def stored_frames(path: Path, source: str) -> Iterator[dict]:
+    """The lines of ``source`` in ``predictions.jsonl``, in order, read lazily."""
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                frame = json.loads(line)
+                if frame["source"] == source:
+                    yield frame
+
+
 def predict_video(
     path: Path,
     est: PoseEstimator,
     spec: KeypointSpec,
     cfg: DictConfig,
     out: Path,
-    records: list[dict],
+    sink: TextIO,
     skipped: list[str],
-    video_id: int,
-) -> None:
-    """Frames in batches; writes ``out/<name>_pose.mp4``."""
+    done: int = 0,
+    stored: Iterator[dict] | None = None,
+) -> int:
+    """Frames in batches, streamed: one ``predictions.jsonl`` line per frame (written and flushed as
+    each batch finishes) and ``out/<name>_pose.mp4``. Resume: the first ``done`` frames are not run
+    again but redrawn from their ``stored`` lines (and replayed through the tracker).
+    Returns the number of frames."""
     cap = cv2.VideoCapture(str(path))
     ok, first = cap.read() if cap.isOpened() else (False, None)
     if not ok:
         log.warning("skipped %s: not a readable video", path)
         skipped.append(str(path))
-        return
+        return 0
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     limit = cfg.video.max_frames
     h, w = first.shape[:2]
     out.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(out / f"{path.stem}_pose.mp4"), cv2.VideoWriter_fourcc(*cfg.video.codec), fps, (w, h))
+    tracker = build_tracker(cfg, spec, fps=fps)
 
     def frames() -> Iterator[np.ndarray]:
         frame, n = first, 0
@@ -181,40 +228,125 @@ def predict_video(
         disable=not cfg.progress,
         desc=path.name,
         unit="frame",
+        initial=0,
     )
     batch: list[np.ndarray] = []
     index = 0
 
+    def finish(img: np.ndarray, res: FrameResult | None) -> None:
+        if res is not None:
+            img = res.plot(
+                img,
+                min_score=float(cfg.draw.min_score),
+                joint_threshold=float(cfg.draw.joint_threshold),
+                show_scores=bool(cfg.draw.show_scores),
+            )
+        writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
     def flush() -> None:
         nonlocal index
         for img, res in zip(batch, _safe_batch(est, batch, [path] * len(batch), skipped)):
-            if res is not None:
-                records.extend(_records(res, video_id, cfg.min_score, file_name=path.name, frame=index))
-                img = _draw(img, res, spec, cfg)
-            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            if res is None:  # failed frame: a line without people keeps the frame count for resume
+                sink.write(json.dumps({"frame": index, "source": path.name, "people": [], "failed": True}) + "\n")
+                finish(img, None)
+            else:
+                result = _frame_result(res, spec, index, path.name, cfg.min_score, tracker)
+                line = result.to_dict()
+                if "raw_poses" in result.extra:  # replayable smoothing state for resume
+                    for person, raw in zip(line["people"], result.extra["raw_poses"]):
+                        person["raw_keypoints"] = [round(float(v), 3) for v in raw.reshape(-1)]
+                sink.write(json.dumps(line, separators=(",", ":")) + "\n")
+                finish(img, result)
             index += 1
+        sink.flush()
         bar.update(len(batch))
         batch.clear()
 
-    for frame in frames():
-        batch.append(frame)
-        if len(batch) == est.batch_size:
+    try:
+        for frame in frames():
+            if index < done:  # resume: redraw the stored poses, replay the tracker
+                line = next(stored)
+                previous = FrameResult.from_dict(line, spec)
+                if tracker is not None and not line.get("failed"):
+                    raw = [p.get("raw_keypoints", p["keypoints"]) for p in line["people"]]
+                    raw = np.asarray(raw, np.float32).reshape(-1, spec.num_keypoints, 3)
+                    ids = previous.track_ids if previous.track_ids is not None else np.full(len(previous), -1)
+                    tracker.update(raw, previous.scores, track_ids=ids)
+                finish(frame, previous)
+                index += 1
+                bar.update(1)
+                continue
+            batch.append(frame)
+            if len(batch) == est.batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
-    bar.close()
-    writer.release()
-    cap.release()
+    finally:
+        bar.close()
+        writer.release()
+        cap.release()
+    return index
+
+
+def _frame_result(
+    res: PoseResult, spec: KeypointSpec, frame: int, source: str, min_score: float, tracker: PoseTracker | None
+) -> FrameResult:
+    """The written people of a frame (score >= ``min_score``), tracked when a tracker is given."""
+    keep = res.scores >= min_score
+    result = FrameResult(res.poses[keep], res.scores[keep], spec, frame=frame, source=source)
+    if tracker is not None:
+        ids, poses = tracker.update(result.poses, result.scores)
+        if tracker.cfg.smoothing.enabled:
+            result.extra["raw_poses"] = result.poses
+        result.poses, result.track_ids = poses, ids
+    return result
+
+
+def write_predictions(path: Path, records: list[dict], jsonl: Path, video_ids: dict[str, int]) -> int:
+    """``predictions.json``: the image records, then every video frame of ``jsonl`` as COCO records
+    (``image_id`` the video's, with ``file_name``, ``frame`` and ``track_id``), streamed (memory does
+    not grow with the video) into a temporary file renamed at the end. Returns the record count."""
+    tmp = path.with_suffix(".json.tmp")
+    n = 0
+    with open(tmp, "w") as fh:
+        fh.write("[")
+        for rec in records:
+            fh.write(("," if n else "") + json.dumps(rec))
+            n += 1
+        if jsonl.exists():
+            with open(jsonl) as lines:
+                for line in lines:
+                    frame = json.loads(line)
+                    if frame["source"] not in video_ids:
+                        continue
+                    for person in frame["people"]:
+                        rec = {
+                            "image_id": video_ids[frame["source"]],
+                            "category_id": 1,
+                            "keypoints": person["keypoints"],
+                            "score": person["score"],
+                            "file_name": frame["source"],
+                            "frame": frame["frame"],
+                        }
+                        if person.get("track_id") is not None:
+                            rec["track_id"] = person["track_id"]
+                        fh.write(("," if n else "") + json.dumps(rec))
+                        n += 1
+        fh.write("]")
+    os.replace(tmp, path)
+    return n
 
 
 def predict(cfg: DictConfig) -> dict:
     """Run prediction as described by ``cfg`` (conf/predict.yaml); returns a summary dict."""
     out = Path(cfg.output_dir)
-    earlier = [f for f in ("predictions.json", "summary.json") if (out / f).exists()]
-    if earlier and not cfg.get("overwrite", False):
+    resume, overwrite = bool(cfg.get("resume", False)), bool(cfg.get("overwrite", False))
+    earlier = [f for f in ("predictions.json", "summary.json", JSONL) if (out / f).exists()]
+    if earlier and not (overwrite or resume):
         raise FileExistsError(
             f"{out} already holds {', '.join(earlier)} of an earlier prediction; give another run_name=... "
-            "(or output_dir=...), or overwrite=true to replace them"
+            "(or output_dir=...), overwrite=true to replace them, or resume=true to continue the video "
+            f"frames in {JSONL}"
         )
     images, videos = list_inputs(Path(cfg.input))
     est, spec = build_estimator(cfg)
@@ -222,17 +354,31 @@ def predict(cfg: DictConfig) -> dict:
     skipped: list[str] = []
     if images:
         predict_images(images, est, spec, cfg, out, records, skipped)
-    for i, video in enumerate(videos):
-        predict_video(video, est, spec, cfg, out, records, skipped, video_id=len(images) + i)
-    write_json(out / "predictions.json", records)
+    jsonl = out / JSONL
+    done = read_done_frames(jsonl) if resume else {}
+    if done:
+        log.info("resume: %s", ", ".join(f"{k}: {n} frames done" for k, n in done.items()))
+    video_ids = {v.name: len(images) + i for i, v in enumerate(videos)}
+    frames = 0
+    if videos:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(jsonl, "a" if resume else "w") as sink:
+            for video in videos:
+                n = done.get(video.name, 0)
+                replay = stored_frames(jsonl, video.name) if n else None
+                frames += predict_video(video, est, spec, cfg, out, sink, skipped, n, replay)
+    people = write_predictions(out / "predictions.json", records, jsonl, video_ids)
     summary = {
         "images": len(images),
         "videos": len(videos),
-        "people": len(records),
+        "frames": frames,
+        "people": people,
         "skipped": skipped,
         "output_dir": str(out),
         "flip_test": est.flip_test,
         "scales": list(est.scales),
+        "tracking": bool(cfg.get("track") and cfg.track.enabled),
+        "resumed_frames": sum(n for k, n in done.items() if k in video_ids),
     }
     write_json(out / "summary.json", summary)
     if skipped and len(skipped) >= len(images) + len(videos):
@@ -242,10 +388,11 @@ def predict(cfg: DictConfig) -> dict:
             "check that they are images or videos OpenCV can read"
         )
     log.info(
-        "%d images, %d videos, %d poses -> %s%s",
+        "%d images, %d videos (%d frames), %d poses -> %s%s",
         len(images),
         len(videos),
-        len(records),
+        frames,
+        people,
         out,
         f"; skipped {len(skipped)}: {skipped}" if skipped else "",
     )

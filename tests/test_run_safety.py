@@ -52,21 +52,48 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny(root: Path, out: Path, run_name: str, epochs: int = 3, workers: int = 0) -> list[str]:
     """A deterministic seconds-long CPU run: 8 images, batch 2 (4 steps per epoch), last.ckpt every step."""
     return [
-        "logger=none", f"data.root={root}", "data.synthetic.num_train=8", "data.synthetic.num_val=3",
-        "data.synthetic.image_size=128", "data.synthetic.seed=1", "data.input_size=128", "data.batch_size=2",
-        f"data.num_workers={workers}", "data.persistent_workers=false", "data.pin_memory=false",
-        "trainer.accelerator=cpu", "trainer.devices=1", f"trainer.max_epochs={epochs}", "trainer.deterministic=true",
-        "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false", "test.batch_size=3",
-        f"paths.log_dir={out}", f"run_name={run_name}", "callbacks.last_checkpoint.every_n_train_steps=1",
+        "logger=none",
+        f"data.root={root}",
+        "data.synthetic.num_train=8",
+        "data.synthetic.num_val=3",
+        "data.synthetic.image_size=128",
+        "data.synthetic.seed=1",
+        "data.input_size=128",
+        "data.batch_size=2",
+        f"data.num_workers={workers}",
+        "data.persistent_workers=false",
+        "data.pin_memory=false",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        f"trainer.max_epochs={epochs}",
+        "trainer.deterministic=true",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.enable_progress_bar=false",
+        "test.batch_size=3",
+        f"paths.log_dir={out}",
+        f"run_name={run_name}",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
     ]
 
 
 def train_py(args: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    full_env.update({"WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
-                     "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **(env or {})})
-    return subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    full_env.update(
+        {
+            "WANDB_MODE": "offline",
+            "PYTHONWARNINGS": "ignore",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
+        }
+    )
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -91,8 +118,11 @@ def test_killed_run_resumes_bit_identical(synthetic_root: Path, tmp_path: Path) 
     ok(train_py(tiny(synthetic_root, tmp_path, "straight")))
     straight = weights(tmp_path / "train" / "straight")
     assert straight["global_step"] == 12
-    cases = {"mid_epoch": (["+callbacks.kill.step=6"], 0), "mid_epoch_workers": (["+callbacks.kill.step=5"], 2),
-             "epoch_boundary": (["+callbacks.kill.epoch_start=2"], 0)}
+    cases = {
+        "mid_epoch": (["+callbacks.kill.step=6"], 0),
+        "mid_epoch_workers": (["+callbacks.kill.step=5"], 2),
+        "epoch_boundary": (["+callbacks.kill.epoch_start=2"], 0),
+    }
     for name, (kill, workers) in cases.items():
         args = tiny(synthetic_root, tmp_path, name, workers=workers)
         killed = train_py([*args, "+callbacks.kill._target_=test_run_safety.KillAt", *kill])
@@ -115,8 +145,15 @@ def test_killed_run_resumes_bit_identical(synthetic_root: Path, tmp_path: Path) 
 @pytest.mark.slow
 def test_last_checkpoint_is_the_final_state(synthetic_root: Path, tmp_path: Path) -> None:
     """A run stopped by max_steps mid-epoch leaves last.ckpt at that step, the previous one kept."""
-    ok(train_py([*tiny(synthetic_root, tmp_path, "steps", epochs=3), "trainer.max_steps=6",
-                 "callbacks.last_checkpoint.every_n_train_steps=200"]))
+    ok(
+        train_py(
+            [
+                *tiny(synthetic_root, tmp_path, "steps", epochs=3),
+                "trainer.max_steps=6",
+                "callbacks.last_checkpoint.every_n_train_steps=200",
+            ]
+        )
+    )
     ckpts = tmp_path / "train" / "steps" / "checkpoints"
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
     assert torch.load(ckpts / "last.prev.ckpt", weights_only=True)["global_step"] == 4  # the epoch-0 end
@@ -144,9 +181,16 @@ def test_training_batch_carries_image_ids(synthetic_root: Path) -> None:
     """The training batch names its images (the non-finite-loss error lists them)."""
     from dekr.data import DEKRDataModule
 
-    dm = DEKRDataModule(root=str(synthetic_root), train_ann="annotations/person_keypoints_train.json",
-                        train_images="images/train", val_ann="annotations/person_keypoints_val.json",
-                        val_images="images/val", input_size=128, batch_size=3, num_workers=0)
+    dm = DEKRDataModule(
+        root=str(synthetic_root),
+        train_ann="annotations/person_keypoints_train.json",
+        train_images="images/train",
+        val_ann="annotations/person_keypoints_val.json",
+        val_images="images/val",
+        input_size=128,
+        batch_size=3,
+        num_workers=0,
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     ids = set(dm.datasets["train"].ids)
@@ -160,8 +204,7 @@ def test_second_run_in_a_locked_folder_stops_at_once(synthetic_root: Path, tmp_p
     run_dir = tmp_path / "train" / "busy"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text("the first run's config\n")
-    (run_dir / ".run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                   "started": "now"}))
+    (run_dir / ".run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
     t0 = time.time()
     proc = train_py(tiny(synthetic_root, tmp_path, "busy"))
     out = proc.stdout + proc.stderr
@@ -229,8 +272,12 @@ def test_wandb_without_network_goes_offline_quickly(synthetic_root: Path, tmp_pa
     """An API key but no reachable server (a closed localhost port): one warning, offline, no 90 s wait."""
     args = [a for a in tiny(synthetic_root, tmp_path, "wb", epochs=1) if a != "logger=none"]
     t0 = time.time()
-    proc = ok(train_py(["logger=wandb", *args], env={"WANDB_API_KEY": "f" * 40, "WANDB_MODE": "",
-                                                     "WANDB_BASE_URL": "http://127.0.0.1:9"}))
+    proc = ok(
+        train_py(
+            ["logger=wandb", *args],
+            env={"WANDB_API_KEY": "f" * 40, "WANDB_MODE": "", "WANDB_BASE_URL": "http://127.0.0.1:9"},
+        )
+    )
     elapsed = time.time() - t0
     out = proc.stdout + proc.stderr
     assert out.count("logging offline") == 1 and "127.0.0.1:9" in out
@@ -312,8 +359,15 @@ def test_recipes_default_to_fp32_and_trainer_keys_need_no_plus() -> None:
         for exp in ("coco_w32_512", "coco_w48_640", "crowdpose_w32_512", "crowdpose_w48_640"):
             assert compose("train", overrides=[f"experiment={exp}"]).trainer.precision == "32-true", exp
         assert compose("train", overrides=["trainer=gpu"]).trainer.precision == "32-true"
-        cfg = compose("train", overrides=["trainer.max_steps=5", "trainer.val_check_interval=0.5",
-                                          "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "trainer.max_steps=5",
+                "trainer.val_check_interval=0.5",
+                "trainer.accumulate_grad_batches=2",
+                "trainer.gradient_clip_val=1.0",
+            ],
+        )
         assert (cfg.trainer.max_steps, cfg.trainer.accumulate_grad_batches) == (5, 2)
         assert compose("train").trainer.max_steps == -1  # Lightning's default
         hydra_cfg = compose("train", return_hydra_config=True).hydra

@@ -43,7 +43,6 @@ def tiny(root: Path | None, out: Path, run_name: str = "run", epochs: int = 1) -
         "trainer.accelerator=cpu", "trainer.devices=1", f"trainer.max_epochs={epochs}",
         "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         f"paths.log_dir={out}", f"run_name={run_name}", "test.batch_size=3",
-        "~callbacks.last_checkpoint",
     ]
 
 
@@ -158,8 +157,7 @@ def test_multirun_sweep_and_collector(synthetic_root: Path, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_killed_run_resumes_and_finishes(synthetic_root: Path, tmp_path: Path) -> None:
-    args = ["logger=csv", *[a for a in tiny(synthetic_root, tmp_path, "crash", epochs=3)
-                            if a != "~callbacks.last_checkpoint"],
+    args = ["logger=csv", *tiny(synthetic_root, tmp_path, "crash", epochs=3),
             "callbacks.last_checkpoint.every_n_train_steps=2", "trainer.check_val_every_n_epoch=3"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=ROOT, env=env,

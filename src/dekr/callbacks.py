@@ -55,7 +55,7 @@ PREVIOUS_LAST = "last.prev.ckpt"
 
 def _rng_states() -> dict[str, Any]:
     """The global RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 - the legacy global state itself
     states: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
@@ -74,7 +74,7 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     if "numpy" in states:
         n = states["numpy"]
         keys = np.asarray(n["keys"].numpy(), dtype=np.uint32)
-        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
+        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
     if "torch" in states:
         torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():

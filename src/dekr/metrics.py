@@ -35,6 +35,7 @@ from pycocotools.cocoeval import COCOeval
 from torchmetrics import Metric
 
 from dekr.data.annotations import build_coco, load_annotations
+from dekr import keypoints as layouts
 from dekr.keypoints import KeypointSpec
 
 COCO_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -127,6 +128,20 @@ def coco_eval_for(
     if image_ids is not None:
         ev.params.imgIds = sorted({int(i) for i in image_ids})
     return ev
+
+
+def area_ranges_for(value: str | Mapping[str, Sequence[float]] | None, spec: KeypointSpec) -> dict | None:
+    """A data config's ``metric.area_ranges``: ``auto`` gives COCO's all/medium/large ranges (``None``)
+    for the built-in human layouts (COCO, CrowdPose) and one ``all`` range for any other layout (the
+    human-sized medium/large split means nothing for hands, animals or insects); a mapping is used as
+    given; ``None`` means COCO's."""
+    if value is None or (isinstance(value, str) and value == "auto" and spec in (layouts.COCO, layouts.CROWDPOSE)):
+        return None
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"metric.area_ranges must be 'auto', null or a mapping name -> [lo, hi], got {value!r}")
+        return {"all": list(COCO_AREA_RANGES["all"])}
+    return {str(k): list(v) for k, v in value.items()}
 
 
 def _area_ranges(area_ranges: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:

@@ -139,7 +139,8 @@ class DEKRModule(pl.LightningModule):
             annotations = dm.annotation_file(split)
         if annotations is None:
             raise ValueError("no validation annotations: pass val_annotations or use a datamodule that has them")
-        return KeypointAP(annotations, self.spec, max_dets=self.test_cfg.max_dets).to(self.device)
+        options = getattr(dm, "metric_options", {})
+        return KeypointAP(annotations, self.spec, max_dets=self.test_cfg.max_dets, **options).to(self.device)
 
     def on_validation_epoch_start(self, split: str = "val") -> None:
         self.metric = self._make_metric(split)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from dekr.data.coco import CocoKeypointDataset, eval_collate, train_collate
 from dekr.data.transforms import TrainTransform
 from dekr.keypoints import KeypointSpec, build_keypoint_spec
+from dekr.metrics import area_ranges_for
 from dekr.codec import CodecConfig, TargetEncoder, default_codec_config
 from dekr.codec.encode import COCO_MIN_CENTER_AREA
 
@@ -128,6 +129,7 @@ class DEKRDataModule(pl.LightningDataModule):
         min_center_area: people with a smaller annotation area get no centre (COCO 1024, CrowdPose 0).
         ignore_unlabelled: loss mask from crowds and people without keypoints.
         skip_empty_train: drop training images without annotations.
+        metric: ``{"crowd_split", "area_ranges"}`` of the AP metric (see :func:`dekr.metrics.area_ranges_for`).
         synthetic: options of :func:`dekr.data.synthetic.generate_synthetic` (``num_train``,
             ``num_val``, ``image_size``, ``seed``); when set, the data is generated under ``root``.
     """
@@ -154,6 +156,7 @@ class DEKRDataModule(pl.LightningDataModule):
         ignore_unlabelled: bool = True,
         skip_empty_train: bool = True,
         synthetic: Mapping | None = None,
+        metric: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.spec = build_keypoint_spec(_plain(keypoints))
@@ -178,6 +181,15 @@ class DEKRDataModule(pl.LightningDataModule):
         self.ignore_unlabelled = ignore_unlabelled
         self.skip_empty_train = skip_empty_train
         self.synthetic = dict(_plain(synthetic)) if synthetic else None
+        metric = dict(_plain(metric) or {})
+        unknown = sorted(set(metric) - {"crowd_split", "area_ranges"})
+        if unknown:
+            raise ValueError(f"data.metric: unknown key(s) {unknown}; allowed: crowd_split, area_ranges")
+        #: keyword arguments of :class:`dekr.metrics.KeypointAP` for this dataset
+        self.metric_options = {
+            "crowd_split": metric.get("crowd_split"),
+            "area_ranges": area_ranges_for(metric.get("area_ranges", "auto"), self.spec),
+        }
         self.datasets: dict[str, CocoKeypointDataset] = {}
 
     # ------------------------------------------------------------------ set-up

@@ -8,6 +8,7 @@ as plain data and never instantiated.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from dekr.codec import CodecConfig
 from dekr.inference.predictor import PoseEstimator, TestConfig
 from dekr.keypoints import KeypointSpec, build_keypoint_spec, check_num_keypoints
+from dekr.track import PoseTracker, TrackConfig
 
 log = logging.getLogger(__name__)
 
@@ -123,4 +125,29 @@ def _onnx_model(cfg: Any, spec: KeypointSpec) -> tuple[Any, torch.device]:
     return model, torch.device("cpu")  # OnnxModel takes and returns CPU tensors; the provider picks the hardware
 
 
-__all__ = ["build_estimator", "check_stored_layout", "network_codec", "resolve_device"]
+def load_estimator(path: str | Path, **kwargs: Any) -> PoseEstimator:
+    """An estimator from one file, everything else from what it stores: a ``.onnx`` export
+    (:meth:`PoseEstimator.from_onnx`) or a checkpoint (:meth:`PoseEstimator.from_checkpoint`).
+    Keyword arguments are their test settings (``input_size``, ``flip``, ``scales``, ``batch_size``,
+    ``device``, ``spec``, ...)."""
+    return PoseEstimator.load(path, **kwargs)
+
+
+def build_tracker(cfg: Any, spec: KeypointSpec, fps: float | None = None) -> PoseTracker | None:
+    """The tracker of a composed config's ``track`` node (``None`` when absent or ``enabled: false``)."""
+    node = cfg.get("track") if hasattr(cfg, "get") else None
+    if node is None:
+        return None
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    config = TrackConfig.from_mapping(plain)
+    return PoseTracker(spec, config, fps=fps) if config.enabled else None
+
+
+__all__ = [
+    "build_estimator",
+    "build_tracker",
+    "check_stored_layout",
+    "load_estimator",
+    "network_codec",
+    "resolve_device",
+]

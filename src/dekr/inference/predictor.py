@@ -7,17 +7,29 @@ other backends plug in without touching the decoder.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
-from dekr.codec import Codec, CodecConfig, ScaleOutput
+from dekr.codec import Codec, CodecConfig, ScaleOutput, default_codec_config
 from dekr.codec.geometry import flip_input, input_geometry, input_to_original, warp_to_input
-from dekr.keypoints import KeypointSpec
+from dekr.keypoints import COCO, KeypointSpec, build_keypoint_spec, check_num_keypoints
 from dekr.rescore import Rescorer
+from dekr.results import FrameResult
+from dekr.track import PoseTracker, TrackConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXT = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+VIDEO_EXT = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 
 Model = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -201,16 +213,212 @@ class PoseEstimator:
             out.extend(self.predict_batch(images[start : start + self.batch_size]))
         return out
 
-    def stream(self, images: Iterable[np.ndarray]) -> Iterator[PoseResult]:
-        """Lazily predict an iterable of images (e.g. video frames), ``batch_size`` at a time."""
-        chunk: list[np.ndarray] = []
-        for im in images:
-            chunk.append(im)
+    def stream(
+        self,
+        source: str | os.PathLike | Iterable[np.ndarray],
+        track: bool | TrackConfig | Mapping[str, Any] | PoseTracker = False,
+        fps: float | None = None,
+    ) -> Iterator[FrameResult]:
+        """Lazily predict a sequence of frames, ``batch_size`` at a time, one :class:`FrameResult` each.
+
+        Args:
+            source: a video file, a folder of images (sorted by name; unreadable files are skipped
+                with a warning) or any iterable of RGB ``uint8 [H, W, 3]`` arrays (e.g. a generator).
+            track: ``True`` (default :class:`dekr.track.TrackConfig`), a ``TrackConfig`` or mapping
+                of its fields (e.g. ``{"patience": 10, "smoothing": {"enabled": True}}``), or a
+                :class:`dekr.track.PoseTracker` to continue: results then carry ``track_ids``.
+            fps: frame rate for the smoothing filter (default: the video's, else 25).
+        """
+        frames = FrameSource(source)
+        tracker: PoseTracker | None = None
+        if isinstance(track, PoseTracker):
+            tracker = track
+        elif isinstance(track, (TrackConfig, Mapping)) or track:
+            config = (
+                track
+                if isinstance(track, TrackConfig)
+                else TrackConfig.from_mapping({**(track if isinstance(track, Mapping) else {}), "enabled": True})
+            )
+            tracker = PoseTracker(self.spec, config, fps=fps or frames.fps)
+
+        def emit(chunk: list[tuple[int, str | None, np.ndarray]]) -> Iterator[FrameResult]:
+            for (index, name, _), res in zip(chunk, self.predict_batch([c[2] for c in chunk])):
+                out = FrameResult(res.poses, res.scores, self.spec, frame=index, source=name)
+                if tracker is not None:
+                    ids, poses = tracker.update(res.poses, res.scores)
+                    if tracker.cfg.smoothing.enabled:
+                        out.extra["raw_poses"] = res.poses
+                    out.poses, out.track_ids = poses, ids
+                yield out
+
+        chunk: list[tuple[int, str | None, np.ndarray]] = []
+        for item in frames:
+            chunk.append(item)
             if len(chunk) == self.batch_size:
-                yield from self.predict_batch(chunk)
+                yield from emit(chunk)
                 chunk = []
         if chunk:
-            yield from self.predict_batch(chunk)
+            yield from emit(chunk)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        spec: KeypointSpec | Mapping | str | None = None,
+        input_size: int = 512,
+        flip: bool = True,
+        scales: Sequence[float] = (1.0,),
+        batch_size: int = 4,
+        max_dets: int = 20,
+        device: str | torch.device | None = None,
+        codec: CodecConfig | Mapping[str, Any] | None = None,
+        rescore: str | os.PathLike | None = None,
+    ) -> PoseEstimator:
+        """An estimator built from what a checkpoint stores: its keypoint layout, codec and network.
+
+        Args:
+            path: a training ``.ckpt`` or a ``python -m dekr.convert`` file (read with ``weights_only``).
+            spec: the layout, for files that store none (converted official / MMPose weights: default
+                COCO); must name the stored layout's keypoints when the file has one.
+            input_size, flip, scales, batch_size, max_dets: the test settings (:class:`TestConfig`).
+            device: ``None``/``"auto"``: CUDA when available, else CPU.
+            codec: decoding settings (default: the checkpoint's stored codec, else the codec group's
+                defaults); the stored stride and input normalisation always win (they belong to the network).
+            rescore: optional rescoring-net weights (:meth:`dekr.rescore.Rescorer.from_file`).
+        """
+        from dekr.model.build import build_network
+        from dekr.model.checkpoint import read_checkpoint
+
+        stored = read_checkpoint(path)
+        layout = _stored_layout(stored.keypoints, spec, str(stored.path))
+        base = stored.codec if codec is None and isinstance(stored.codec, Mapping) else codec
+        cfg = _codec(base, str(stored.path))
+        if isinstance(stored.codec, Mapping):
+            trained = CodecConfig.from_mapping(stored.codec, origin=f"{stored.path} (stored codec)")
+            cfg = cfg.replace(stride=trained.stride, input=trained.to_dict()["input"])
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
+        net = build_network(layout, None, stored).eval().to(dev)
+        test = TestConfig(int(input_size), bool(flip), tuple(float(f) for f in scales), int(batch_size), int(max_dets))
+        rescorer = Rescorer.from_file(rescore, layout) if rescore else None
+        return cls(net, layout, cfg, test, rescorer=rescorer, device=dev)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike,
+        spec: KeypointSpec | Mapping | str | None = None,
+        input_size: int = 512,
+        flip: bool = True,
+        scales: Sequence[float] = (1.0,),
+        batch_size: int = 4,
+        max_dets: int = 20,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        codec: CodecConfig | Mapping[str, Any] | None = None,
+        rescore: str | os.PathLike | None = None,
+    ) -> PoseEstimator:
+        """An estimator running an exported ``.onnx`` file with onnxruntime (no PyTorch model code).
+
+        The file stores the codec and the keypoint count, not the layout's names: give ``spec`` for
+        any layout but COCO (the default, only accepted for 17 keypoints). Other arguments as in
+        :meth:`from_checkpoint`; ``providers``/``threads`` go to :class:`dekr.deploy.OnnxModel`.
+        """
+        from dekr.deploy import load_backend
+
+        model = load_backend("onnx", onnx_path=path, providers=providers, threads=threads)
+        layout = build_keypoint_spec(spec) if spec is not None else COCO
+        k = getattr(model, "num_keypoints", None)
+        if k is not None:
+            check_num_keypoints(k, layout, str(path))
+        stored = getattr(model, "metadata", {}).get("dekr.codec")
+        base = json.loads(stored) if codec is None and stored else codec
+        cfg = _codec(base, str(path))
+        test = TestConfig(int(input_size), bool(flip), tuple(float(f) for f in scales), int(batch_size), int(max_dets))
+        rescorer = Rescorer.from_file(rescore, layout) if rescore else None
+        return cls(model, layout, cfg, test, rescorer=rescorer, device="cpu")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs: Any) -> PoseEstimator:
+        """:meth:`from_onnx` for a ``.onnx`` file, else :meth:`from_checkpoint` (same arguments)."""
+        if Path(path).suffix.lower() == ".onnx":
+            return cls.from_onnx(path, **kwargs)
+        return cls.from_checkpoint(path, **kwargs)
 
 
-__all__ = ["PoseEstimator", "PoseResult", "TestConfig"]
+def _codec(node: CodecConfig | Mapping[str, Any] | None, origin: str) -> CodecConfig:
+    if isinstance(node, CodecConfig):
+        return node
+    if node is None:
+        return default_codec_config()
+    return CodecConfig.from_mapping(node, origin=f"{origin} (codec)")
+
+
+def _stored_layout(stored: Any, spec: KeypointSpec | Mapping | str | None, origin: str) -> KeypointSpec:
+    """The layout a checkpoint stores (plain data) or ``spec``; both given: the same keypoint names."""
+    given = None if spec is None else build_keypoint_spec(spec)
+    if isinstance(stored, str):  # a built-in layout's name
+        stored = {"builtin": stored}
+    if isinstance(stored, Mapping) and ("names" in stored or "builtin" in stored):
+        layout = build_keypoint_spec(dict(stored))
+        if given is not None and given.names != layout.names:
+            raise ValueError(
+                f"{origin} was trained on the keypoint layout '{layout.name}' ({layout.num_keypoints} keypoints) "
+                f"but spec '{given.name}' ({given.num_keypoints}) was given; drop spec= to use the stored one"
+            )
+        return given or layout
+    return given or COCO
+
+
+class FrameSource:
+    """Frames of a video file, a folder of images or an iterable of RGB arrays, as
+    ``(index, name, image)`` with RGB ``uint8 [H, W, 3]`` images.
+
+    Attributes:
+        fps: the video's frame rate (``None`` for images and iterables).
+    """
+
+    def __init__(self, source: str | os.PathLike | Iterable[np.ndarray]) -> None:
+        self.source = source
+        self.fps: float | None = None
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.exists():
+                raise FileNotFoundError(f"{path} does not exist; give a video file, a folder of images or frames")
+            if path.is_file():
+                cap = cv2.VideoCapture(str(path))
+                self.fps = (cap.get(cv2.CAP_PROP_FPS) or None) if cap.isOpened() else None
+                cap.release()
+
+    def __iter__(self) -> Iterator[tuple[int, str | None, np.ndarray]]:
+        if not isinstance(self.source, (str, os.PathLike)):
+            for i, im in enumerate(self.source):
+                yield i, None, np.ascontiguousarray(im)
+            return
+        path = Path(self.source)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXT)
+            for i, p in enumerate(files):
+                data = np.fromfile(str(p), dtype=np.uint8)
+                img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+                if img is None:
+                    log.warning("skipped %s: not a readable image", p)
+                    continue
+                yield i, p.name, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            return
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            raise ValueError(f"{path}: not a readable video")
+        try:
+            i = 0
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield i, path.name, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                i += 1
+        finally:
+            cap.release()
+
+
+__all__ = ["FrameSource", "PoseEstimator", "PoseResult", "TestConfig"]
