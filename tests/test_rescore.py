@@ -19,11 +19,11 @@ from dekr.rescore import (
     RescoreNet,
     Rescorer,
     dump_training_data,
-    main,
     num_features,
     pose_features,
     train_rescorer,
 )
+from dekr.rescore.cli import main
 
 torch.set_num_threads(1)
 COCO_ANN = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_sample" / "person_keypoints_sample.json"
@@ -354,7 +354,7 @@ def test_module_cli_exits_1_with_the_message(tmp_path: Path) -> None:
 
 
 def test_config_defaults_follow_eval_and_experiments() -> None:
-    from dekr.rescore import compose_config, layout_from_config
+    from dekr.rescore.cli import compose_config, layout_from_config
 
     assert layout_from_config(compose_config([])).name == "coco"  # as conf/eval.yaml
     assert layout_from_config(compose_config(["experiment=crowdpose_w32_512"])).name == "crowdpose"

@@ -1,4 +1,5 @@
-"""OmegaConf resolvers used by the Hydra configs (registered when :mod:`dekr` is imported).
+"""The Hydra config tree: where it is, composing it outside an entry point, and the OmegaConf
+resolvers it uses (registered when :mod:`dekr` is imported).
 
 * ``${dekr.default_adaptive_impl:}``: ``grid_sample`` on CPU-only machines (faster there: see
   ``benchmarks/bench_model.py``), ``deform`` (torchvision's kernel, as the reference) with CUDA.
@@ -6,7 +7,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 from omegaconf import OmegaConf
+
+#: the project's ``conf/`` (the repository checkout; the package is installed from it with ``pip install -e``)
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_train(overrides: Sequence[str], config_dir: str | Path | None = None) -> Any:
+    """``conf/train.yaml`` composed with Hydra ``overrides``, as ``python src/train.py`` would; a
+    ``config_dir`` joins the search path after ``conf/`` (as Hydra's ``--config-dir``: e.g. a folder
+    holding the user's ``data/NAME.yaml``)."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = list(overrides)
+    if config_dir is not None:
+        overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
 
 
 def _default_adaptive_impl() -> str:

@@ -17,15 +17,15 @@ import logging
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
+from dekr.config import CONF_DIR
 from dekr.plaindata import build_dataclass, merge, plain
 
 log = logging.getLogger(__name__)
 
-#: the codec group's default file (the repository's ``conf/``)
-DEFAULT_FILE = Path(__file__).resolve().parents[3] / "conf" / "codec" / "default.yaml"
+#: the codec group's default file
+DEFAULT_FILE = CONF_DIR / "codec" / "default.yaml"
 
 NMSStrategy = Literal["reference", "greedy", "symmetric"]
 NMS_STRATEGIES = typing.get_args(NMSStrategy)

@@ -339,33 +339,29 @@ def _categories(table: Table, data: dict, spec: KeypointSpec) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def _default_config_dir() -> Path:
-    for candidate in (Path.cwd() / "conf", Path(__file__).resolve().parents[3] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    return Path.cwd() / "conf"
-
-
-def _data_config(overrides: list[str], config_dir: Path) -> dict:
+def _data_config(overrides: list[str], config_dir: Path | None) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
     import dekr  # noqa: F401 - registers the resolvers
+    from dekr.config import CONF_DIR, compose_train
 
-    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-        try:
-            cfg = compose(config_name="train", overrides=overrides)
-        except HydraException as e:  # e.g. another group of train.yaml does not compose: the data group alone
-            if any(o.split("=")[0].lstrip("+~").split(".")[0] not in ("data", "paths") for o in overrides):
-                raise
-            print(
-                f"note: conf/train.yaml does not compose ({str(e).splitlines()[0]}); reading the data group alone",
-                file=sys.stderr,
-            )
-            data_overrides = [("+" + o if o.startswith("data=") else o) for o in overrides]
-            if not any(o.startswith("+data=") for o in data_overrides):
-                data_overrides.insert(0, "+data=synthetic")  # train.yaml's default
+    try:
+        cfg = compose_train(overrides, config_dir)
+    except HydraException as e:  # e.g. another group of train.yaml does not compose: the data group alone
+        if any(o.split("=")[0].lstrip("+~").split(".")[0] not in ("data", "paths") for o in overrides):
+            raise
+        print(
+            f"note: conf/train.yaml does not compose ({str(e).splitlines()[0]}); reading the data group alone",
+            file=sys.stderr,
+        )
+        data_overrides = [("+" + o if o.startswith("data=") else o) for o in overrides]
+        if not any(o.startswith("+data=") for o in data_overrides):
+            data_overrides.insert(0, "+data=synthetic")  # train.yaml's default
+        if config_dir is not None:
+            data_overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(overrides=["+paths=default", *data_overrides])
     out = {}  # only what is checked is resolved (the rest may interpolate other groups)
     for key in ("keypoints", "root", *(f"{s}_{t}" for s in ("train", "val", "test") for t in ("ann", "images"))):
@@ -411,7 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--splits", default="train,val,test", help="splits of the data config to check")
     parser.add_argument("--decode", action="store_true", help="decode every image (slower; default: headers)")
     parser.add_argument("--no-images", action="store_true", help="skip the image files")
-    parser.add_argument("--config-dir", type=Path, default=None, help="Hydra config folder (default: ./conf)")
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        default=None,
+        help="an extra folder of configs (e.g. your data/NAME.yaml), searched after conf/",
+    )
     args, overrides = parser.parse_known_args(argv)
     unknown = [o for o in overrides if "=" not in o and not o.startswith("~")]
     if unknown:
@@ -421,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ann = Path(args.ann)
         splits = [("file", ann, Path(args.images) if args.images else ann.parent)]
     else:
-        data = _data_config(overrides, args.config_dir or _default_config_dir())
+        data = _data_config(overrides, args.config_dir)
         keypoints = data.get("keypoints", "coco")
         wanted = set(re.split(r"[,\s]+", args.splits))
         splits = [s for s in _splits(data) if wanted & set(s[0].split(" = "))]
