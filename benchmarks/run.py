@@ -342,7 +342,9 @@ def loader_samples_per_s(size: int, reps: int = 3) -> float | None:
             bench_data.COCO_SAMPLE,
             bench_data.COCO,
             train=True,
-            transform=bench_data.TrainTransform(bench_data.COCO, size, bench_data.default_codec_config().stride, seed=0),
+            transform=bench_data.TrainTransform(
+                bench_data.COCO, size, bench_data.default_codec_config().stride, seed=0
+            ),
             encoder=bench_data.TargetEncoder(bench_data.COCO, size // 4),
         )
         n = len(ds)

@@ -55,8 +55,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     elapsed = time.perf_counter() - start
     out = Path(cfg.get("output_dir") or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     if seen == 0:
-        write_json(out / "metrics.json", {"metrics": None, "images": 0, "checkpoint": str(cfg.checkpoint),
-                                          "error": "no image could be evaluated"})
+        write_json(
+            out / "metrics.json",
+            {"metrics": None, "images": 0, "checkpoint": str(cfg.checkpoint), "error": "no image could be evaluated"},
+        )
         raise NothingEvaluatedError(
             f"no image of the {cfg.split} split could be evaluated ({len(loader.dataset)} listed in "
             f"{dm.annotation_file(cfg.split)}; unreadable images are skipped with a warning): check the image folder "

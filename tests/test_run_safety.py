@@ -113,13 +113,13 @@ def max_weight_difference(a: dict, b: dict) -> float:
 # ----------------------------------------------------------------------------------------------- resume
 @pytest.mark.slow
 def test_killed_run_resumes_bit_identical(synthetic_root: Path, tmp_path: Path) -> None:
-    """SIGKILL mid-epoch (after step 6 of 12, loader workers 0 and 2) or at an epoch boundary, rerun with
-    the same run_name: the final weights equal an uninterrupted run's exactly (max |dw| == 0)."""
+    """SIGKILL mid-epoch (after step 5 of 12, 2 loader workers) or at an epoch boundary (no workers), or a
+    planned stop with trainer.max_steps=6, then a rerun with the same run_name: the final weights equal an
+    uninterrupted run's exactly (max |dw| == 0)."""
     ok(train_py(tiny(synthetic_root, tmp_path, "straight")))
     straight = weights(tmp_path / "train" / "straight")
     assert straight["global_step"] == 12
     cases = {
-        "mid_epoch": (["+callbacks.kill.step=6"], 0),
         "mid_epoch_workers": (["+callbacks.kill.step=5"], 2),
         "epoch_boundary": (["+callbacks.kill.epoch_start=2"], 0),
     }
@@ -130,7 +130,7 @@ def test_killed_run_resumes_bit_identical(synthetic_root: Path, tmp_path: Path) 
         run_dir = tmp_path / "train" / name
         assert (run_dir / ".run.lock").is_file()  # the killed run's lock: stale, taken over below
         at_kill = weights(run_dir)["global_step"]
-        assert at_kill == {"mid_epoch": 6, "mid_epoch_workers": 5, "epoch_boundary": 8}[name]
+        assert at_kill == {"mid_epoch_workers": 5, "epoch_boundary": 8}[name]
         proc = ok(train_py(args))
         assert "stale run lock" in proc.stdout + proc.stderr
         resumed = weights(run_dir)
@@ -140,6 +140,14 @@ def test_killed_run_resumes_bit_identical(synthetic_root: Path, tmp_path: Path) 
         assert diff == 0.0, f"{name}: resumed weights differ from the uninterrupted run by {diff}"
         assert (run_dir / "checkpoints" / "last.prev.ckpt").is_file()
         assert not (run_dir / ".run.lock").exists()
+    # stopped on purpose with trainer.max_steps (the LR schedule is laid out per epoch, not over max_steps)
+    args = tiny(synthetic_root, tmp_path, "max_steps")
+    ok(train_py([*args, "trainer.max_steps=6"]))
+    assert weights(tmp_path / "train" / "max_steps")["global_step"] == 6
+    ok(train_py(args))
+    diff = max_weight_difference(straight, weights(tmp_path / "train" / "max_steps"))
+    print(f"max_steps: stopped at step 6, max |w_straight - w_resumed| = {diff}")
+    assert diff == 0.0, f"max_steps: resumed weights differ from the uninterrupted run by {diff}"
 
 
 @pytest.mark.slow

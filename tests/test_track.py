@@ -176,8 +176,8 @@ def test_killed_video_predict_keeps_frames_and_resume_continues(
 ) -> None:
     predict = _load("predict")
     video = _video(tmp_path / "clip.mp4", 10)
-    args = [*COMMON, f"input={video}", f"checkpoint={checkpoint}", "track.enabled=true", "track.min_score=0.0", "track.joint_threshold=0.0",
-            "track.smoothing.enabled=true"]  # fmt: skip
+    args = [*COMMON, f"input={video}", f"checkpoint={checkpoint}", "track.enabled=true", "track.min_score=0.0",
+            "track.joint_threshold=0.0", "track.smoothing.enabled=true"]  # fmt: skip
     full = tmp_path / "full"
     predict.predict(_cfg([*args, f"output_dir={full}"]))
     expected = [json.loads(line) for line in (full / "predictions.jsonl").read_text().splitlines()]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -35,23 +33,52 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny(root: Path | None, out: Path, run_name: str = "run", epochs: int = 1) -> list[str]:
     """Overrides that make any config a seconds-long CPU run (on the tiny synthetic set at ``root``)."""
-    synthetic = [f"data.root={root}", "data.synthetic.num_train=8", "data.synthetic.num_val=3",
-                 "data.synthetic.image_size=128", "data.synthetic.seed=1"] if root else []
+    synthetic = (
+        [
+            f"data.root={root}",
+            "data.synthetic.num_train=8",
+            "data.synthetic.num_val=3",
+            "data.synthetic.image_size=128",
+            "data.synthetic.seed=1",
+        ]
+        if root
+        else []
+    )
     return [
-        *synthetic, "data.input_size=128", "data.batch_size=2",
-        "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
-        "trainer.accelerator=cpu", "trainer.devices=1", f"trainer.max_epochs={epochs}",
-        "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-        f"paths.log_dir={out}", f"run_name={run_name}", "test.batch_size=3",
+        *synthetic,
+        "data.input_size=128",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "data.pin_memory=false",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        f"trainer.max_epochs={epochs}",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        f"paths.log_dir={out}",
+        f"run_name={run_name}",
+        "test.batch_size=3",
     ]
 
 
-def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None,
-              ) -> subprocess.CompletedProcess:
+def run_train(
+    args: list[str],
+    cwd: Path = ROOT,
+    timeout: int = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env or {})}
     full_env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -93,12 +120,20 @@ def test_every_model_data_pair_composes(hydra_conf: None, model: str, data: str)
 def test_paper_recipes_match_reference(hydra_conf: None) -> None:
     w32 = compose("train", overrides=["experiment=coco_w32_512"])
     assert (w32.model.backbone, w32.data.input_size, w32.data.batch_size, w32.trainer.devices) == (
-        "hrnet_w32", 512, 10, 4)
+        "hrnet_w32",
+        512,
+        10,
+        4,
+    )
     assert list(w32.module.scheduler.milestones) == [90, 120] and w32.trainer.max_epochs == 140
     assert w32.module.optimizer.lr == 1e-3 and w32.module.optimizer.weight_decay == 0.0
     w48 = compose("train", overrides=["experiment=coco_w48_640"])
     assert (w48.model.backbone, w48.model.heatmap_channels, w48.data.input_size, w48.data.batch_size) == (
-        "hrnet_w48", 48, 640, 5)
+        "hrnet_w48",
+        48,
+        640,
+        5,
+    )
     cp = compose("train", overrides=["experiment=crowdpose_w32_512"])
     assert list(cp.module.scheduler.milestones) == [200, 260] and cp.trainer.max_epochs == 300
     assert cp.codec.nms.min_joints == 7 and cp.codec.scoring.scale_decrease == 0.8
@@ -111,16 +146,32 @@ def test_paper_recipes_match_reference(hydra_conf: None) -> None:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_of_experiments(experiment: str, synthetic_root: Path, tmp_path: Path) -> None:
     real = experiment.startswith(("coco", "crowdpose"))
-    args = [f"experiment={experiment}", "trainer.fast_dev_run=true", "logger=none", "model.pretrained=false",
-            *tiny(None if real else synthetic_root, tmp_path)]
+    args = [
+        f"experiment={experiment}",
+        "trainer.fast_dev_run=true",
+        "logger=none",
+        "model.pretrained=false",
+        *tiny(None if real else synthetic_root, tmp_path),
+    ]
     if experiment.startswith("coco"):  # the real COCO sample in the COCO layout
-        args += [f"data.root={COCO_SAMPLE}", "data.train_ann=person_keypoints_sample.json", "data.train_images=.",
-                 "data.val_ann=person_keypoints_sample.json", "data.val_images=."]
+        args += [
+            f"data.root={COCO_SAMPLE}",
+            "data.train_ann=person_keypoints_sample.json",
+            "data.train_images=.",
+            "data.val_ann=person_keypoints_sample.json",
+            "data.val_images=.",
+        ]
     if experiment.startswith("crowdpose"):
         sample = COCO_SAMPLE.parent / "crowdpose_sample"
-        args += [f"data.root={sample}", "data.train_ann=crowdpose_sample.json", "data.train_images=.",
-                 "data.val_ann=crowdpose_sample.json", "data.val_images=.", "data.test_ann=crowdpose_sample.json",
-                 "data.test_images=."]
+        args += [
+            f"data.root={sample}",
+            "data.train_ann=crowdpose_sample.json",
+            "data.train_images=.",
+            "data.val_ann=crowdpose_sample.json",
+            "data.val_images=.",
+            "data.test_ann=crowdpose_sample.json",
+            "data.test_images=.",
+        ]
     run_train(args)
 
 
@@ -136,16 +187,25 @@ def test_offline_wandb_run_has_metrics_and_images(synthetic_root: Path, tmp_path
     records = log_file.read_bytes()  # protobuf records: metric names are stored as plain strings
     for key in (b"train/loss_heatmap", b"train/loss_offset", b"val/AP", b"val/AR", b"lr"):
         assert key in records, f"{key!r} was not logged to W&B"
-    images = {p.parent.name + "/" + p.name.split("_")[0] for p in (wandb_runs[0] / "files" / "media" / "images")
-              .rglob("*.png")}
+    images = {
+        p.parent.name + "/" + p.name.split("_")[0]
+        for p in (wandb_runs[0] / "files" / "media" / "images").rglob("*.png")
+    }
     assert {"val/overlays", "val/heatmaps"} <= images, "validation overlays/heatmaps were not logged as images"
     assert any((run_dir / "overlays").rglob("val_0.png"))
 
 
 @pytest.mark.slow
 def test_multirun_sweep_and_collector(synthetic_root: Path, tmp_path: Path) -> None:
-    run_train(["-m", "model.num_branches=1,17", "sweep_group=sweep_test", "logger=csv",
-               *[a for a in tiny(synthetic_root, tmp_path) if not a.startswith("run_name")]])
+    run_train(
+        [
+            "-m",
+            "model.num_branches=1,17",
+            "sweep_group=sweep_test",
+            "logger=csv",
+            *[a for a in tiny(synthetic_root, tmp_path) if not a.startswith("run_name")],
+        ]
+    )
     sweep_dir = tmp_path / "train" / "multirun" / "sweep_test"
     from dekr.sweep import collect, format_table
 
@@ -156,37 +216,17 @@ def test_multirun_sweep_and_collector(synthetic_root: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_and_finishes(synthetic_root: Path, tmp_path: Path) -> None:
-    args = ["logger=csv", *tiny(synthetic_root, tmp_path, "crash", epochs=3),
-            "callbacks.last_checkpoint.every_n_train_steps=2", "trainer.check_val_every_n_epoch=3"]
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = tmp_path / "train" / "crash" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file():
-            step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-            if step >= 2:
-                break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)
-    assert killed_at["global_step"] < 12  # 4 batches x 3 epochs not reached
-    run_train(args)  # same run folder: auto_resume continues from last.ckpt
-    summary = json.loads((tmp_path / "train" / "crash" / "summary.json").read_text())
-    assert summary["global_step"] == 12 and summary["epochs"] == 3
-    final = torch.load(last, map_location="cpu", weights_only=False)
-    assert final["global_step"] == 12 and "optimizer_states" in final and final["lr_schedulers"]
-
-
-@pytest.mark.slow
 def test_ddp_two_processes_gather_the_same_ap(synthetic_root: Path, tmp_path: Path) -> None:
     """AP gathered over 2 gloo ranks equals a single-process evaluation of the same checkpoint."""
-    run_train(["logger=csv", "trainer.strategy=ddp", "trainer.devices=2", "data.synthetic.num_val=3",
-               *[a for a in tiny(synthetic_root, tmp_path, "ddp") if a != "trainer.devices=1"]])
+    run_train(
+        [
+            "logger=csv",
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            "data.synthetic.num_val=3",
+            *[a for a in tiny(synthetic_root, tmp_path, "ddp") if a != "trainer.devices=1"],
+        ]
+    )
     run_dir = tmp_path / "train" / "ddp"
     summary = json.loads((run_dir / "summary.json").read_text())
     ddp_ap = summary["val"]["val/AP"]
@@ -201,11 +241,17 @@ def test_ddp_two_processes_gather_the_same_ap(synthetic_root: Path, tmp_path: Pa
     net = DEKR(**ckpt["dekr"]["network"])
     module = _module(net, COCO, TestConfig(input_size=128, flip=True, scales=(1.0,), batch_size=3, max_dets=20))
     module.load_state_dict(ckpt["state_dict"])
-    dm = DEKRDataModule(root=str(synthetic_root), train_ann="annotations/person_keypoints_train.json",
-                        train_images="images/train", val_ann="annotations/person_keypoints_val.json",
-                        val_images="images/val", input_size=128, batch_size=2, num_workers=0)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False)
+    dm = DEKRDataModule(
+        root=str(synthetic_root),
+        train_ann="annotations/person_keypoints_train.json",
+        train_images="images/train",
+        val_ann="annotations/person_keypoints_val.json",
+        val_images="images/val",
+        input_size=128,
+        batch_size=2,
+        num_workers=0,
+    )
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     single = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/AP"]
     assert single == pytest.approx(ddp_ap, abs=1e-9)
 
@@ -220,7 +266,11 @@ def _module(net, spec, test):
     from dekr.schedule import step_schedule
 
     return DEKRModule(
-        net, spec, default_codec_config(), test, optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+        net,
+        spec,
+        default_codec_config(),
+        test,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
         scheduler=functools.partial(step_schedule, milestones=[90, 120], gamma=0.1, warmup_steps=0, warmup_ratio=0.001),
         loss=DEKRLoss(heatmap_factor=1.0, offset_factor=0.03, beta=1 / 9, bg_weight=0.1),
     )
@@ -241,30 +291,79 @@ def test_training_checkpoint_evaluates_and_predicts(synthetic_root: Path, tmp_pa
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     # centre threshold below 0: the briefly trained net's 30 best candidates per image are all output
-    common = [f"checkpoint={ckpt}", "data=synthetic", "codec.centers.threshold=-1.0", f"data.root={synthetic_root}",
-              "data.synthetic.num_train=8",
-              "data.synthetic.num_val=3", "data.synthetic.image_size=128", "data.synthetic.seed=1",
-              "data.input_size=128", "model=dekr_w32", f"paths.log_dir={tmp_path}", "run_name=x", "device=cpu"]
-    ev = subprocess.run([sys.executable, str(ROOT / "src" / "eval.py"), *common, "test.flip=false", "num_workers=0"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    common = [
+        f"checkpoint={ckpt}",
+        "data=synthetic",
+        "codec.centers.threshold=-1.0",
+        f"data.root={synthetic_root}",
+        "data.synthetic.num_train=8",
+        "data.synthetic.num_val=3",
+        "data.synthetic.image_size=128",
+        "data.synthetic.seed=1",
+        "data.input_size=128",
+        "model=dekr_w32",
+        f"paths.log_dir={tmp_path}",
+        "run_name=x",
+        "device=cpu",
+    ]
+    ev = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "eval.py"), *common, "test.flip=false", "num_workers=0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "x" / "metrics.json").read_text())
     ap = metrics.get("AP", metrics.get("metrics", {}).get("AP"))
     assert ap == pytest.approx(summary["val"]["val/AP"], abs=1e-9)
-    pr = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), *common,
-                         f"input={synthetic_root / 'images' / 'val'}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    pr = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "predict.py"), *common, f"input={synthetic_root / 'images' / 'val'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert pr.returncode == 0, pr.stderr[-3000:]
     torch_preds = json.loads((tmp_path / "predict" / "x" / "predictions.json").read_text())
     # the same checkpoint exported to ONNX and run by onnxruntime through predict.py: the same poses
-    ex = subprocess.run([sys.executable, str(ROOT / "src" / "export.py"), f"checkpoint={ckpt}", "data=synthetic",
-                         f"output={tmp_path / 'm.onnx'}", "input_size=128", f"paths.log_dir={tmp_path}",
-                         "run_name=x"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    ex = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "src" / "export.py"),
+            f"checkpoint={ckpt}",
+            "data=synthetic",
+            f"output={tmp_path / 'm.onnx'}",
+            "input_size=128",
+            f"paths.log_dir={tmp_path}",
+            "run_name=x",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ex.returncode == 0, ex.stderr[-3000:]
     onnx_args = [a for a in common if not a.startswith(("checkpoint=", "run_name="))]
-    po = subprocess.run([sys.executable, str(ROOT / "src" / "predict.py"), *onnx_args, "backend=onnx",
-                         f"onnx={tmp_path / 'm.onnx'}", "run_name=o", f"input={synthetic_root / 'images' / 'val'}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    po = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "src" / "predict.py"),
+            *onnx_args,
+            "backend=onnx",
+            f"onnx={tmp_path / 'm.onnx'}",
+            "run_name=o",
+            f"input={synthetic_root / 'images' / 'val'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert po.returncode == 0, po.stderr[-3000:]
     onnx_preds = json.loads((tmp_path / "predict" / "o" / "predictions.json").read_text())
     assert len(onnx_preds) == len(torch_preds) > 0
@@ -286,10 +385,15 @@ def test_non_finite_loss_is_reported_before_the_update() -> None:
     test = TestConfig(input_size=64, flip=False, scales=(1.0,), batch_size=1, max_dets=20)
     module = _module(DEKR(num_keypoints=3, backbone="hrnet_tiny"), spec, test)
     before = {k: v.detach().clone() for k, v in module.named_parameters()}
-    batch = {"image": torch.randn(2, 3, 64, 64), "image_id": torch.tensor([7, 9]),
-             "heatmaps": torch.full((2, 4, 16, 16), float("nan")), "heatmap_mask": torch.ones(2, 16, 16),
-             "offset_pixel": torch.zeros(0, dtype=torch.long), "offset_target": torch.zeros(0, 3, 2),
-             "offset_weight": torch.zeros(0, 3)}
+    batch = {
+        "image": torch.randn(2, 3, 64, 64),
+        "image_id": torch.tensor([7, 9]),
+        "heatmaps": torch.full((2, 4, 16, 16), float("nan")),
+        "heatmap_mask": torch.ones(2, 16, 16),
+        "offset_pixel": torch.zeros(0, dtype=torch.long),
+        "offset_target": torch.zeros(0, 3, 2),
+        "offset_weight": torch.zeros(0, 3),
+    }
 
     class _Trainer:  # the attributes training_step reads
         world_size = 1

@@ -23,13 +23,25 @@ from dekr.model.checkpoint import CheckpointMismatchError
 from dekr.plaindata import plain
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["model=dekr_tiny", "test.input_size=128", "test.batch_size=2", "device=cpu", "progress=false",
-          "test.flip=false"]
+COMMON = [
+    "model=dekr_tiny",
+    "test.input_size=128",
+    "test.batch_size=2",
+    "device=cpu",
+    "progress=false",
+    "test.flip=false",
+]
 
 
 def _run(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "src" / script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+    )
 
 
 def _checkpoint(path: Path, network: object = None, spec=COCO) -> Path:
@@ -99,8 +111,14 @@ def test_resume_never_unpickles_code(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_keypoint_mismatch_fails_before_any_image(tmp_path: Path, images: Path) -> None:
     ckpt = _checkpoint(tmp_path / "coco.ckpt")
-    r = _run("predict.py", f"input={images}", f"checkpoint={ckpt}", "data=crowdpose",
-             f"hydra.run.dir={tmp_path / 'out'}", *COMMON)
+    r = _run(
+        "predict.py",
+        f"input={images}",
+        f"checkpoint={ckpt}",
+        "data=crowdpose",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        *COMMON,
+    )
     assert r.returncode != 0
     assert "trained on the keypoint layout 'coco' (17 keypoints" in r.stderr and "'crowdpose' (14" in r.stderr
     assert not (tmp_path / "out" / "predictions.json").exists()
@@ -116,8 +134,9 @@ def test_predict_refuses_to_overwrite_and_keeps_same_stem_overlays(tmp_path: Pat
     again = _run("predict.py", f"input={images}", f"checkpoint={ckpt}", f"hydra.run.dir={out}", *COMMON)
     assert again.returncode != 0 and "overwrite=true" in again.stderr
     assert (out / "predictions.json").read_text() == before
-    forced = _run("predict.py", f"input={images}", f"checkpoint={ckpt}", f"hydra.run.dir={out}", "overwrite=true",
-                  *COMMON)
+    forced = _run(
+        "predict.py", f"input={images}", f"checkpoint={ckpt}", f"hydra.run.dir={out}", "overwrite=true", *COMMON
+    )
     assert forced.returncode == 0
 
 
@@ -137,17 +156,29 @@ def test_eval_with_every_image_unreadable_exits_non_zero(tmp_path: Path, coco_sa
     for p in coco_sample.glob("*.jpg"):
         (images / p.name).write_bytes(b"truncated")
     ckpt = _checkpoint(tmp_path / "m.ckpt")
-    r = _run("eval.py", f"checkpoint={ckpt}", f"data.root={tmp_path}",
-             f"data.val_ann={coco_sample / 'person_keypoints_sample.json'}", f"data.val_images={images}",
-             "num_workers=0", f"hydra.run.dir={tmp_path / 'ev'}", *COMMON)
+    r = _run(
+        "eval.py",
+        f"checkpoint={ckpt}",
+        f"data.root={tmp_path}",
+        f"data.val_ann={coco_sample / 'person_keypoints_sample.json'}",
+        f"data.val_images={images}",
+        "num_workers=0",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+        *COMMON,
+    )
     assert r.returncode != 0 and "no image of the val split could be evaluated" in r.stderr, r.stderr[-2000:]
 
 
 def test_export_of_an_unconverted_official_checkpoint_names_the_fix(tmp_path: Path) -> None:
     official = tmp_path / "pose_dekr_hrnetw32_coco.pth"
     torch.save({"offset_feature_layers.0.0.conv1.weight": torch.zeros(1), "conv1.weight": torch.zeros(1)}, official)
-    r = _run("export.py", f"checkpoint={official}", f"output={tmp_path / 'm.onnx'}", f"hydra.run.dir={tmp_path}",
-             "model=dekr_tiny")
+    r = _run(
+        "export.py",
+        f"checkpoint={official}",
+        f"output={tmp_path / 'm.onnx'}",
+        f"hydra.run.dir={tmp_path}",
+        "model=dekr_tiny",
+    )
     assert r.returncode == 1
     assert "python -m dekr.convert SRC DST --source official" in r.stderr, r.stderr[-2000:]
     with pytest.raises(CheckpointMismatchError, match="convert it first"):

@@ -58,8 +58,12 @@ def _rng_states() -> dict[str, Any]:
     _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 - the legacy global state itself
     states: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -111,13 +115,15 @@ class LastCheckpoint(pl.Callback):
         trainer.save_checkpoint(self.last_path)  # collective: every rank calls it, rank 0 writes
         self._saved_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step == self._saved_step or batch_idx + 1 >= trainer.num_training_batches:
             return
         if (self.every_n_train_steps and step % self.every_n_train_steps == 0) or (
-                0 < trainer.max_steps <= step):  # a max_steps stop: the mid-epoch state, not the loop's end
+            0 < trainer.max_steps <= step
+        ):  # a max_steps stop: the mid-epoch state, not the loop's end
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

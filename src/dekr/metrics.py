@@ -34,8 +34,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchmetrics import Metric
 
-from dekr.data.annotations import build_coco, load_annotations
 from dekr import keypoints as layouts
+from dekr.data.annotations import build_coco, load_annotations
 from dekr.keypoints import KeypointSpec
 
 COCO_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")

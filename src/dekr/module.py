@@ -119,11 +119,14 @@ class DEKRModule(pl.LightningModule):
         return per_device * max(self.trainer.world_size, 1) * accumulate
 
     def _steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch (the schedule's epochs), from the training loader itself, so that
+        ``trainer.max_steps`` (where a run stops) does not change the schedule it follows."""
         try:
-            steps = self.trainer.estimated_stepping_batches
-            epochs = self.trainer.max_epochs
-            if math.isfinite(steps) and epochs and epochs > 0:
-                return max(int(steps) // epochs, 1)
+            self.trainer.estimated_stepping_batches  # noqa: B018 - sets the training loader up
+            batches = self.trainer.num_training_batches
+            accumulate = int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1)
+            if math.isfinite(batches) and batches > 0:
+                return max(math.ceil(int(batches) / accumulate), 1)
         except Exception:  # noqa: BLE001 - no loader yet (e.g. optimizer built for inspection)
             pass
         return 1

@@ -88,11 +88,8 @@ class FrameResult:
         poses = np.array([p["keypoints"] for p in people], np.float32).reshape(-1, k, 3)
         scores = np.array([p["score"] for p in people], np.float32)
         raw_ids = [p.get("track_id") for p in people]
-        ids = (
-            None
-            if all(t is None for t in raw_ids) and raw_ids
-            else np.array([-1 if t is None else int(t) for t in raw_ids], np.int64)
-        )
+        tracked = any(t is not None for t in raw_ids)  # a frame without people or IDs reads as untracked
+        ids = np.array([-1 if t is None else int(t) for t in raw_ids], np.int64) if tracked else None
         return cls(poses, scores, spec, int(data.get("frame", 0)), data.get("source"), ids)
 
     def to_coco(self, image_id: int, category_id: int = 1) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ class SmoothingConfig:
 
     enabled: bool = False
     min_cutoff: float = 1.0
-    beta: float = 0.05
+    beta: float = 0.03
     d_cutoff: float = 1.0
 
     def __post_init__(self) -> None:
@@ -67,6 +67,8 @@ class TrackConfig:
         min_similarity: the least similarity (OKS blended with box IoU) of a match.
         box_weight: weight of box IoU in the similarity (the rest is OKS).
         min_score: poses scoring below this are neither matched nor start tracks (track ID -1).
+        init_score: the least score to start a track (``None``: ``min_score``); poses between the two
+            only continue tracks (as ByteTrack's low-score matches: fewer tracks born of false positives).
         joint_threshold: joints with a score above this count as seen (OKS and boxes use them).
         motion: move a carried pose by the track's velocity (frames since it was seen x velocity).
         velocity_momentum: exponential smoothing of that velocity (0: last displacement only).
@@ -79,6 +81,7 @@ class TrackConfig:
     min_similarity: float = 0.2
     box_weight: float = 0.3
     min_score: float = 0.1
+    init_score: float | None = None
     joint_threshold: float = 0.1
     motion: bool = True
     velocity_momentum: float = 0.7
@@ -293,12 +296,14 @@ class PoseTracker:
             matched = cand[cols]
             ids[matched] = self.tracks.ids[rows]
             new = np.setdiff1d(cand, matched)
+            if cfg.init_score is not None:
+                new = new[scores[new] >= cfg.init_score]
             ids[new] = np.arange(self.next_id, self.next_id + len(new))
             self.next_id += len(new)
 
         out = poses.copy()
         if cfg.smoothing.enabled:
-            out = self._smooth(out, ids, rows)
+            out = self._smooth(out, ids)
 
         # state: matched tracks take the new pose and velocity; new tracks join; stale tracks end
         t = self.tracks
@@ -324,7 +329,7 @@ class PoseTracker:
         self.tracks = grown.select(alive)
         return ids, out.astype(np.float32)
 
-    def _smooth(self, poses: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _smooth(self, poses: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """One-Euro filter the joints of every tracked pose (time step: frames since last seen / fps)."""
         s = self.cfg.smoothing
         last = dict(zip(self.tracks.ids.tolist(), self.tracks.last.tolist()))

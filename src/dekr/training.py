@@ -153,8 +153,13 @@ def _usable_last(last: Path, how: str) -> str:
         return str(last)
     previous = last.with_name(PREVIOUS_LAST)
     if previous.is_file() and checkpoint_problem(previous) is None:
-        log.warning("%s: %s is damaged (%s, probably an interrupted write); resuming from the previous one, %s",
-                    how, last, problem, previous)
+        log.warning(
+            "%s: %s is damaged (%s, probably an interrupted write); resuming from the previous one, %s",
+            how,
+            last,
+            problem,
+            previous,
+        )
         return str(previous)
     raise CheckpointError(
         f"{how}: {last} is damaged ({problem}) and there is no intact {PREVIOUS_LAST} beside it. Delete {last} "
@@ -203,8 +208,11 @@ def remove_stale_temporaries(checkpoint_dir: Path) -> list[Path]:
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     if removed:
-        log.warning("removed %d partial checkpoint file(s) of an interrupted write: %s", len(removed),
-                    ", ".join(p.name for p in removed))
+        log.warning(
+            "removed %d partial checkpoint file(s) of an interrupted write: %s",
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 
@@ -348,7 +356,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, with_logger=bool(loggers))
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
         sync_batchnorm=bool(cfg.get("sync_batchnorm", False)),
     )
     for lg in loggers:
@@ -414,14 +425,23 @@ def summarize(cfg: DictConfig, trainer: pl.Trainer, module: DEKRModule, callback
 def print_report(summary: dict) -> None:
     lines = ["", "DEKR training finished"]
     if summary["val"]:
-        lines.append("  validation: " + ", ".join(f"{k[4:]} {v:.3f}" for k, v in sorted(summary["val"].items())
-                                                 if k[4:] in ("AP", "AP50", "AP75", "AR", "AP_best")))
+        lines.append(
+            "  validation: "
+            + ", ".join(
+                f"{k[4:]} {v:.3f}"
+                for k, v in sorted(summary["val"].items())
+                if k[4:] in ("AP", "AP50", "AP75", "AR", "AP_best")
+            )
+        )
     lines += [
         f"  best checkpoint: {summary['best_checkpoint'] or '-'}",
         f"  last checkpoint: {summary['last_checkpoint'] or '-'}",
         f"  W&B run:         {summary['wandb_dir'] or '-'}"
-        + ("  (offline: `wandb sync` it when online)" if summary["wandb_dir"] and
-           os.environ.get("WANDB_MODE") == "offline" else ""),
+        + (
+            "  (offline: `wandb sync` it when online)"
+            if summary["wandb_dir"] and os.environ.get("WANDB_MODE") == "offline"
+            else ""
+        ),
         f"  overlays:        {summary['overlays'] or '-'}",
         f"  summary:         {summary['output_dir']}/summary.json",
     ]

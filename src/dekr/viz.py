@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from dekr.codec import default_codec_config
 from dekr.keypoints import KeypointSpec
 
 
@@ -97,7 +98,7 @@ def render_offsets(
     center_heatmap: np.ndarray | torch.Tensor,
     spec: KeypointSpec,
     image: np.ndarray | None = None,
-    stride: int = 4,
+    stride: int | None = None,
     threshold: float = 0.1,
     step: int = 2,
 ) -> np.ndarray:
@@ -107,9 +108,13 @@ def render_offsets(
     Args:
         offsets: ``[2K, h, w]`` (output px). center_heatmap: ``[h, w]``.
         image: background RGB image of size ``(stride*h, stride*w)`` (black if omitted).
+        stride: input px per output px; ``None``: the image's size over the map's, else the codec's.
         step: draw every ``step``-th pixel in x and y.
     """
     off = _np(offsets)
+    if stride is None:
+        h_map = off.shape[-2]
+        stride = image.shape[0] // h_map if image is not None else default_codec_config().stride
     ctr = _np(center_heatmap)
     k = spec.num_keypoints
     h, w = ctr.shape

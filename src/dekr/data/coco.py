@@ -42,10 +42,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
+from dekr.codec.encode import TargetEncoder
 from dekr.data.annotations import build_coco, load_annotations
 from dekr.data.transforms import TrainTransform
 from dekr.keypoints import KeypointSpec
-from dekr.codec.encode import TargetEncoder
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,11 @@ class CocoKeypointDataset(Dataset):
         }
 
     def eval_sample(self, raw: dict[str, Any]) -> dict[str, Any]:
-        sample: dict[str, Any] = {"image_id": int(raw["image_id"]), "image": raw["image"],
-                                  "keypoints": raw["keypoints"]}  # GT [P, K, 3], for overlays only
+        sample: dict[str, Any] = {
+            "image_id": int(raw["image_id"]),
+            "image": raw["image"],
+            "keypoints": raw["keypoints"],
+        }  # GT [P, K, 3], for overlays only
         crowd_index = self.coco.imgs[raw["image_id"]].get("crowdIndex")
         if crowd_index is not None:
             sample["crowd_index"] = float(crowd_index)
@@ -266,7 +269,12 @@ class CocoKeypointDataset(Dataset):
         for i, raw in enumerate(raws):
             centers, areas = self.encoder.centers_and_areas(raw["keypoints"], raw["ann_areas"])
             aug = self.transform(
-                raw["image"], raw["mask"], raw["keypoints"], centers, areas, image_out=batch["image"][i].numpy(),
+                raw["image"],
+                raw["mask"],
+                raw["keypoints"],
+                centers,
+                areas,
+                image_out=batch["image"][i].numpy(),
                 seed=getattr(indices[i], "seed", None),  # per-sample seed from the sampler (SeededIndex)
             )
             batch["heatmap_mask"][i] = torch.from_numpy(aug.mask)
@@ -277,12 +285,17 @@ class CocoKeypointDataset(Dataset):
             [a.areas for a in augmented],
             heatmaps_out=batch["heatmaps"].numpy(),
         )
-        samples = [{"image_id": torch.tensor(int(raw["image_id"])), **{key: value[i] for key, value in batch.items()}}
-                   for i, raw in enumerate(raws)]
+        samples = [
+            {"image_id": torch.tensor(int(raw["image_id"])), **{key: value[i] for key, value in batch.items()}}
+            for i, raw in enumerate(raws)
+        ]
         ends = np.cumsum(targets["offset_counts"])
         pixel = targets["offset_pixel"] - np.repeat(np.arange(b) * (h * w), targets["offset_counts"])
-        for key, values in (("offset_pixel", pixel), ("offset_target", targets["offset_target"]),
-                            ("offset_weight", targets["offset_weight"])):
+        for key, values in (
+            ("offset_pixel", pixel),
+            ("offset_target", targets["offset_target"]),
+            ("offset_weight", targets["offset_weight"]),
+        ):
             for sample, part in zip(samples, np.split(values, ends[:-1])):
                 sample[key] = torch.from_numpy(part)
         return samples

@@ -24,12 +24,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from dekr.codec import CodecConfig, TargetEncoder, default_codec_config
+from dekr.codec.encode import COCO_MIN_CENTER_AREA
 from dekr.data.coco import CocoKeypointDataset, eval_collate, train_collate
 from dekr.data.transforms import TrainTransform
 from dekr.keypoints import KeypointSpec, build_keypoint_spec
 from dekr.metrics import area_ranges_for
-from dekr.codec import CodecConfig, TargetEncoder, default_codec_config
-from dekr.codec.encode import COCO_MIN_CENTER_AREA
 
 
 def _plain(node: Any) -> Any:
@@ -74,8 +74,15 @@ class ResumableSampler(DistributedSampler):
     :meth:`set_epoch` is used from its start. ``len()`` is always the whole epoch.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 position: Callable[[], tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        position: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.batch_size = batch_size
         self.position = position
@@ -228,7 +235,11 @@ class DEKRDataModule(pl.LightningDataModule):
             images,
             self.spec,
             train=train,
-            transform=TrainTransform(self.spec, self.input_size, self.stride, norm=self.codec.input, **self.augmentation) if train else None,
+            transform=TrainTransform(
+                self.spec, self.input_size, self.stride, norm=self.codec.input, **self.augmentation
+            )
+            if train
+            else None,
             encoder=self.make_encoder() if train else None,
             skip_empty=self.skip_empty_train if train else False,
             ignore_unlabelled=self.ignore_unlabelled,
@@ -273,11 +284,23 @@ class DEKRDataModule(pl.LightningDataModule):
         dataset = self.datasets["train"]
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(dataset, self.batch_size, num_replicas=replicas, rank=rank, seed=_global_seed(),
-                                   position=self._train_position if trainer is not None else None)
+        sampler = ResumableSampler(
+            dataset,
+            self.batch_size,
+            num_replicas=replicas,
+            rank=rank,
+            seed=_global_seed(),
+            position=self._train_position if trainer is not None else None,
+        )
         drop_last = len(sampler) > self.batch_size
-        return self._loader("train", ResumableLoader, batch_size=self.batch_size, sampler=sampler,
-                            drop_last=drop_last, collate_fn=train_collate)
+        return self._loader(
+            "train",
+            ResumableLoader,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=train_collate,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", batch_size=self.val_batch_size, shuffle=False, collate_fn=eval_collate)

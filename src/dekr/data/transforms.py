@@ -34,8 +34,8 @@ mask, keypoints and targets equal the reference's (tested against stored officia
 
 from __future__ import annotations
 
-import os
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ import numpy as np
 
 from dekr.codec.config import InputConfig, default_codec_config
 from dekr.keypoints import KeypointSpec
+
 
 @functools.lru_cache(maxsize=8)
 def _normalize_luts(mean: tuple[float, ...], std: tuple[float, ...]) -> list[np.ndarray]:
@@ -77,8 +78,8 @@ class RandomAffineCrop(A.DualTransform):
 
     def __init__(
         self,
-        input_size: int = 512,
-        mask_stride: int = 4,
+        input_size: int,
+        mask_stride: int,
         min_scale: float = 0.75,
         max_scale: float = 1.5,
         max_rotation: float = 30.0,

@@ -151,8 +151,9 @@ class OnnxModel:
             )
         if not np.issubdtype(array.dtype, np.floating):
             raise TypeError(
-                f"OnnxModel expects ImageNet-normalised float32 images, got {array.dtype}; "
-                "normalise uint8 images with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) on 0..1"
+                f"OnnxModel expects normalised float32 images, got {array.dtype}; normalise uint8 images on 0..1 with "
+                f"the file's dekr.input_mean {self.metadata.get('dekr.input_mean', '?')} and dekr.input_std "
+                f"{self.metadata.get('dekr.input_std', '?')} (PoseEstimator does)"
             )
         if array.shape[2] % 32 or array.shape[3] % 32:
             raise ValueError(f"image height and width must be multiples of 32, got {array.shape[2]}x{array.shape[3]}")
