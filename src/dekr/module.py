@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +18,8 @@ from dekr.inference.predictor import PoseEstimator, PoseResult, TestConfig
 from dekr.keypoints import KeypointSpec
 from dekr.metrics import KeypointAP
 from dekr.plaindata import plain
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -133,7 +136,11 @@ class DEKRModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def estimator(self) -> PoseEstimator:
-        return PoseEstimator(self.net, self.spec, self.codec, self.test_cfg, device=self.device)
+        estimator = PoseEstimator(self.net, self.spec, self.codec, self.test_cfg, device=self.device)
+        if self.test_cfg.flip and not estimator.flip_test and not getattr(self, "_told_flip", False):
+            log.info("test.flip: the '%s' layout has no flip pairs, validation runs without flip test", self.spec.name)
+            self._told_flip = True
+        return estimator
 
     def _make_metric(self, split: str = "val") -> KeypointAP:
         annotations = self.val_annotations
