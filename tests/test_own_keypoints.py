@@ -112,8 +112,12 @@ def _data_config(folder: Path, name: str, keypoints: object, root: Path) -> list
     return [f"--config-dir={folder}", f"data={name}"]
 
 
+# 5 (no flip pairs) and 35 by default, to keep the suite short; DEKR_E2E_LAYOUTS=5,14,17,35 runs every layout
+E2E_LAYOUTS = [int(k) for k in os.environ.get("DEKR_E2E_LAYOUTS", "5,35").split(",")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [5, 35])  # 14 and 17 (the built-ins) run through the same path in test_train.py
+@pytest.mark.parametrize("k", E2E_LAYOUTS)
 def test_train_eval_predict_rescore_export_on_a_layout(tmp_path: Path, k: int) -> None:
     root = _generate(tmp_path / "syn", k)
     data = _data_config(tmp_path / "my_conf", f"layout{k}", LAYOUTS[k], root)
@@ -153,8 +157,6 @@ def test_train_eval_predict_rescore_export_on_a_layout(tmp_path: Path, k: int) -
     _run("predict.py", f"checkpoint={ckpt}", *common, "run_name=p", f"input={root / 'images' / 'val'}")
     preds = json.loads((tmp_path / "predict" / "p" / "predictions.json").read_text())
     assert all(len(p["keypoints"]) == 3 * k for p in preds)
-    if k == 5:  # rescoring and export once (K = 35), to keep the suite short
-        return
     # centre threshold below 0: the one-epoch net's best candidates are all output (poses to rescore)
     _run("eval.py", f"checkpoint={ckpt}", *common, "run_name=all", "num_workers=0", "codec.centers.threshold=-1.0")
     results = tmp_path / "eval" / "all" / "results.json"
