@@ -20,10 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 import dekr  # noqa: F401  (registers the config resolvers)
 from dekr.codec import CodecConfig
 from dekr.deploy.export import ExportError, ExportResult, export_onnx
-from dekr.inference.factory import check_stored_layout, network_codec
+from dekr.inference.factory import network_from_config
 from dekr.keypoints import build_keypoint_spec
-from dekr.model.build import build_network
-from dekr.model.checkpoint import CheckpointMismatchError, read_checkpoint
+from dekr.model.checkpoint import CheckpointMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,7 @@ log = logging.getLogger(__name__)
 def run_export(cfg: DictConfig) -> ExportResult:
     """Build the model of ``cfg`` (see conf/export.yaml), load its weights, export and verify."""
     spec = build_keypoint_spec(OmegaConf.to_container(cfg.data.keypoints, resolve=True))
-    codec = CodecConfig.from_mapping(cfg.codec)
-    stored = read_checkpoint(cfg.checkpoint) if cfg.checkpoint else None
-    if stored is None:
-        log.warning("no checkpoint given: exporting untrained weights")
-    else:
-        check_stored_layout(stored.keypoints, spec, str(stored.path))
-        codec = network_codec(stored.codec, codec, str(stored.path))
-    model = build_network(spec, cfg.model, stored, prefer_stored=bool(cfg.model_from_checkpoint)).eval()
+    model, codec = network_from_config(cfg, spec, CodecConfig.from_mapping(cfg.codec))
     size = cfg.input_size if isinstance(cfg.input_size, int) else list(cfg.input_size)
     result = export_onnx(
         model,

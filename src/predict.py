@@ -294,12 +294,7 @@ def _frame_result(
     """The written people of a frame (score >= ``min_score``), tracked when a tracker is given."""
     keep = res.scores >= min_score
     result = FrameResult(res.poses[keep], res.scores[keep], spec, frame=frame, source=source)
-    if tracker is not None:
-        ids, poses = tracker.update(result.poses, result.scores)
-        if tracker.cfg.smoothing.enabled:
-            result.extra["raw_poses"] = result.poses
-        result.poses, result.track_ids = poses, ids
-    return result
+    return result if tracker is None else result.track(tracker)
 
 
 def write_predictions(path: Path, records: list[dict], jsonl: Path, video_ids: dict[str, int]) -> int:

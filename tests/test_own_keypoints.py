@@ -116,11 +116,8 @@ def _data_config(folder: Path, name: str, keypoints: object, root: Path) -> list
 E2E_LAYOUTS = [int(k) for k in os.environ.get("DEKR_E2E_LAYOUTS", "5,35").split(",")]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("k", E2E_LAYOUTS)
-def test_train_eval_predict_rescore_export_on_a_layout(tmp_path: Path, k: int) -> None:
-    root = _generate(tmp_path / "syn", k)
-    data = _data_config(tmp_path / "my_conf", f"layout{k}", LAYOUTS[k], root)
+def _train_one_epoch(data: list[str], tmp_path: Path, *extra: str) -> None:
+    """One epoch of the tiny model on CPU, validated, into ``tmp_path/train/r``."""
     _run(
         "train.py",
         *data,
@@ -130,12 +127,20 @@ def test_train_eval_predict_rescore_export_on_a_layout(tmp_path: Path, k: int) -
         "trainer.max_epochs=1",
         "trainer.check_val_every_n_epoch=1",
         "trainer.accelerator=cpu",
-        "test.batch_size=2",
         "test.input_size=128",
         f"paths.log_dir={tmp_path}",
         "run_name=r",
         "~callbacks.validation_images",
+        *extra,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", E2E_LAYOUTS)
+def test_train_eval_predict_rescore_export_on_a_layout(tmp_path: Path, k: int) -> None:
+    root = _generate(tmp_path / "syn", k)
+    data = _data_config(tmp_path / "my_conf", f"layout{k}", LAYOUTS[k], root)
+    _train_one_epoch(data, tmp_path, "test.batch_size=2")
     run = tmp_path / "train" / "r"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] == 3 and "val/AP" in summary["val"]
@@ -214,20 +219,7 @@ def test_aic_style_file_without_area_iscrowd_bbox_trains_and_evaluates(tmp_path:
         "skeleton": [[0, 1], [1, 2], [3, 4], [4, 5]],
     }
     data = _data_config(tmp_path / "my_conf", "aic", aic, root)
-    _run(
-        "train.py",
-        *data,
-        "~experiment",
-        "model=dekr_tiny",
-        "logger=none",
-        "trainer.max_epochs=1",
-        "trainer.check_val_every_n_epoch=1",
-        "trainer.accelerator=cpu",
-        "test.input_size=128",
-        f"paths.log_dir={tmp_path}",
-        "run_name=r",
-        "~callbacks.validation_images",
-    )
+    _train_one_epoch(data, tmp_path)
     summary = json.loads((tmp_path / "train" / "r" / "summary.json").read_text())
     assert "val/AP" in summary["val"]
     _run(

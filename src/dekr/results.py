@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from dekr.keypoints import KeypointSpec
+from dekr.track import PoseTracker
 from dekr.viz import draw_poses
 
 CSV_COLUMNS = ("frame", "source", "person", "track_id", "score", "joint", "name", "x", "y", "joint_score")
@@ -56,6 +57,15 @@ class FrameResult:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def track(self, tracker: PoseTracker) -> FrameResult:
+        """Give these people their track IDs (and, with smoothing, the smoothed poses, the raw ones
+        kept under ``extra["raw_poses"]``) from ``tracker``, which advances by this frame."""
+        ids, poses = tracker.update(self.poses, self.scores)
+        if tracker.cfg.smoothing.enabled:
+            self.extra["raw_poses"] = self.poses
+        self.poses, self.track_ids = poses, ids
+        return self
 
     def select(self, keep: np.ndarray) -> FrameResult:
         """The people where ``keep`` (a boolean mask or indices) holds."""

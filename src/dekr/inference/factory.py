@@ -15,18 +15,14 @@ import torch
 from omegaconf import OmegaConf
 
 from dekr.codec import CodecConfig
-from dekr.inference.predictor import PoseEstimator, TestConfig
+from dekr.inference.predictor import PoseEstimator, TestConfig, network_codec, resolve_device, stored_layout
 from dekr.keypoints import KeypointSpec, build_keypoint_spec, check_num_keypoints
 from dekr.track import PoseTracker, TrackConfig
 
 log = logging.getLogger(__name__)
 
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+#: the fix named when a checkpoint's stored layout differs from the data config's
+DATA_FIX = "choose the data=... config the checkpoint was trained with"
 
 
 def build_estimator(cfg: Any) -> tuple[PoseEstimator, KeypointSpec]:
@@ -52,12 +48,11 @@ def build_estimator(cfg: Any) -> tuple[PoseEstimator, KeypointSpec]:
     return estimator, spec
 
 
-def _torch_model(cfg: Any, spec: KeypointSpec, codec: CodecConfig) -> tuple[torch.nn.Module, torch.device, CodecConfig]:
-    """The PyTorch network from ``cfg.checkpoint`` (its stored architecture unless
-    ``model_from_checkpoint=false``) or ``cfg.model``, with the optional speed paths of ``cfg.speed``.
-    A checkpoint's stored layout must be ``spec``; its stored stride and input normalisation are the
-    network's and replace the config's."""
-    from dekr.deploy.speed import optimize_for_inference
+def network_from_config(cfg: Any, spec: KeypointSpec, codec: CodecConfig) -> tuple[torch.nn.Module, CodecConfig]:
+    """The network of ``cfg.checkpoint`` (its stored architecture unless ``model_from_checkpoint=false``)
+    or ``cfg.model``, in eval mode, and ``codec`` with the checkpoint's stride and input normalisation
+    (they are the network's). A checkpoint's stored layout must be ``spec``. Shared by eval, predict
+    and export."""
     from dekr.model.build import build_network
     from dekr.model.checkpoint import read_checkpoint
 
@@ -66,48 +61,27 @@ def _torch_model(cfg: Any, spec: KeypointSpec, codec: CodecConfig) -> tuple[torc
     if stored is None:
         log.warning("no checkpoint given: the network has untrained weights and its poses are meaningless")
     else:
-        check_stored_layout(stored.keypoints, spec, str(stored.path))
+        stored_layout(stored.keypoints, spec, str(stored.path), DATA_FIX)
         codec = network_codec(stored.codec, codec, str(stored.path))
     net = build_network(spec, cfg.model, stored, prefer_stored=bool(cfg.get("model_from_checkpoint", True)))
+    return net.eval(), codec
+
+
+def _torch_model(cfg: Any, spec: KeypointSpec, codec: CodecConfig) -> tuple[torch.nn.Module, torch.device, CodecConfig]:
+    """:func:`network_from_config` with the optional speed paths of ``cfg.speed``."""
+    from dekr.deploy.speed import optimize_for_inference
+
+    net, codec = network_from_config(cfg, spec, codec)
     device = resolve_device(cfg.get("device"))
     speed = cfg.get("speed") or {}
     model = optimize_for_inference(
-        net.eval(),
+        net,
         channels_last=bool(speed.get("channels_last", False)),
         compile=bool(speed.get("compile", False)),
         precision=str(speed.get("precision", "fp32")),
         device=device,
     )
     return model, device, codec
-
-
-def check_stored_layout(stored: Any, spec: KeypointSpec, origin: str) -> None:
-    """A checkpoint's stored keypoint layout (plain data) must name the same keypoints as ``spec``."""
-    if not isinstance(stored, dict) or "names" not in stored:
-        return
-    names = tuple(map(str, stored["names"]))
-    if names != spec.names:
-        raise ValueError(
-            f"{origin} was trained on the keypoint layout '{stored.get('name')}' ({len(names)} keypoints: "
-            f"{', '.join(names[:4])}, ...) but the data config declares '{spec.name}' ({spec.num_keypoints}: "
-            f"{', '.join(spec.names[:4])}, ...); choose the data=... config the checkpoint was trained with"
-        )
-
-
-def network_codec(stored: Any, codec: CodecConfig, origin: str) -> CodecConfig:
-    """``codec`` with the stride and input normalisation a checkpoint stores (they belong to the
-    trained network); the decoding settings stay the caller's."""
-    if not isinstance(stored, dict):
-        return codec
-    trained = CodecConfig.from_mapping(stored, origin=f"{origin} (stored codec)")
-    if (trained.stride, trained.input) != (codec.stride, codec.input):
-        log.warning(
-            "%s was trained with stride %d and input normalisation %s: using those",
-            origin,
-            trained.stride,
-            trained.input,
-        )
-    return codec.replace(stride=trained.stride, input=trained.to_dict()["input"])
 
 
 def _onnx_model(cfg: Any, spec: KeypointSpec) -> tuple[Any, torch.device]:
@@ -143,11 +117,4 @@ def build_tracker(cfg: Any, spec: KeypointSpec, fps: float | None = None) -> Pos
     return PoseTracker(spec, config, fps=fps) if config.enabled else None
 
 
-__all__ = [
-    "build_estimator",
-    "build_tracker",
-    "check_stored_layout",
-    "load_estimator",
-    "network_codec",
-    "resolve_device",
-]
+__all__ = ["DATA_FIX", "build_estimator", "build_tracker", "load_estimator", "network_from_config"]

@@ -244,12 +244,7 @@ class PoseEstimator:
         def emit(chunk: list[tuple[int, str | None, np.ndarray]]) -> Iterator[FrameResult]:
             for (index, name, _), res in zip(chunk, self.predict_batch([c[2] for c in chunk])):
                 out = FrameResult(res.poses, res.scores, self.spec, frame=index, source=name)
-                if tracker is not None:
-                    ids, poses = tracker.update(res.poses, res.scores)
-                    if tracker.cfg.smoothing.enabled:
-                        out.extra["raw_poses"] = res.poses
-                    out.poses, out.track_ids = poses, ids
-                yield out
+                yield out if tracker is None else out.track(tracker)
 
         chunk: list[tuple[int, str | None, np.ndarray]] = []
         for item in frames:
@@ -291,13 +286,10 @@ class PoseEstimator:
         from dekr.model.checkpoint import read_checkpoint
 
         stored = read_checkpoint(path)
-        layout = _stored_layout(stored.keypoints, spec, str(stored.path))
+        layout = stored_layout(stored.keypoints, spec, str(stored.path))
         base = stored.codec if codec is None and isinstance(stored.codec, Mapping) else codec
-        cfg = _codec(base, str(stored.path))
-        if isinstance(stored.codec, Mapping):
-            trained = CodecConfig.from_mapping(stored.codec, origin=f"{stored.path} (stored codec)")
-            cfg = cfg.replace(stride=trained.stride, input=trained.to_dict()["input"])
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
+        cfg = network_codec(stored.codec, _codec(base, str(stored.path)), str(stored.path))
+        dev = resolve_device(device)
         net = build_network(layout, None, stored).eval().to(dev)
         test = TestConfig(int(input_size), bool(flip), tuple(float(f) for f in scales), int(batch_size), int(max_dets))
         rescorer = Rescorer.from_file(rescore, layout) if rescore else None
@@ -354,8 +346,18 @@ def _codec(node: CodecConfig | Mapping[str, Any] | None, origin: str) -> CodecCo
     return CodecConfig.from_mapping(node, origin=f"{origin} (codec)")
 
 
-def _stored_layout(stored: Any, spec: KeypointSpec | Mapping | str | None, origin: str) -> KeypointSpec:
-    """The layout a checkpoint stores (plain data) or ``spec``; both given: the same keypoint names."""
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``None`` / ``auto`` → CUDA when available, else CPU."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stored_layout(
+    stored: Any, spec: KeypointSpec | Mapping | str | None, origin: str, fix: str = "drop spec= to use the stored one"
+) -> KeypointSpec:
+    """The layout a checkpoint stores (plain data) or ``spec``; with both, they must name the same
+    keypoints (else a ``ValueError`` naming both and ``fix``). Neither: COCO."""
     given = None if spec is None else build_keypoint_spec(spec)
     if isinstance(stored, str):  # a built-in layout's name
         stored = {"builtin": stored}
@@ -363,11 +365,28 @@ def _stored_layout(stored: Any, spec: KeypointSpec | Mapping | str | None, origi
         layout = build_keypoint_spec(dict(stored))
         if given is not None and given.names != layout.names:
             raise ValueError(
-                f"{origin} was trained on the keypoint layout '{layout.name}' ({layout.num_keypoints} keypoints) "
-                f"but spec '{given.name}' ({given.num_keypoints}) was given; drop spec= to use the stored one"
+                f"{origin} was trained on the keypoint layout '{layout.name}' ({layout.num_keypoints} keypoints: "
+                f"{', '.join(layout.names[:4])}, ...) but '{given.name}' ({given.num_keypoints}: "
+                f"{', '.join(given.names[:4])}, ...) was given; {fix}"
             )
         return given or layout
     return given or COCO
+
+
+def network_codec(stored: Any, codec: CodecConfig, origin: str) -> CodecConfig:
+    """``codec`` with the stride and input normalisation a checkpoint stores (they belong to the
+    trained network); the decoding settings stay the caller's."""
+    if not isinstance(stored, Mapping):
+        return codec
+    trained = CodecConfig.from_mapping(stored, origin=f"{origin} (stored codec)")
+    if (trained.stride, trained.input) != (codec.stride, codec.input):
+        log.warning(
+            "%s was trained with stride %d and input normalisation %s: using those",
+            origin,
+            trained.stride,
+            trained.input,
+        )
+    return codec.replace(stride=trained.stride, input=trained.to_dict()["input"])
 
 
 class FrameSource:
@@ -421,4 +440,12 @@ class FrameSource:
             cap.release()
 
 
-__all__ = ["FrameSource", "PoseEstimator", "PoseResult", "TestConfig"]
+__all__ = [
+    "FrameSource",
+    "PoseEstimator",
+    "PoseResult",
+    "TestConfig",
+    "network_codec",
+    "resolve_device",
+    "stored_layout",
+]
