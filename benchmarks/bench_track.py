@@ -32,7 +32,7 @@ from scipy.optimize import linear_sum_assignment
 
 from dekr.data.synthetic_video import write_clip
 from dekr.keypoints import COCO, KeypointSpec
-from dekr.track import GreedyTracker, PoseTracker, TrackConfig
+from dekr.track import GreedyTracker, PoseTracker, default_track_config
 
 try:
     import motmetrics as mm
@@ -164,9 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--input-size", type=int, default=256)
     ap.add_argument("--flip", action="store_true", help="flip test (off: faster)")
     ap.add_argument("--min-visible", type=float, default=0.3)
-    ap.add_argument("--min-cutoff", type=float, default=TrackConfig().smoothing.min_cutoff)
-    ap.add_argument("--beta", type=float, default=TrackConfig().smoothing.beta)
-    ap.add_argument("--d-cutoff", type=float, default=TrackConfig().smoothing.d_cutoff)
+    ap.add_argument("--min-cutoff", type=float, default=default_track_config().smoothing.min_cutoff)
+    ap.add_argument("--beta", type=float, default=default_track_config().smoothing.beta)
+    ap.add_argument("--d-cutoff", type=float, default=default_track_config().smoothing.d_cutoff)
+    ap.add_argument(
+        "--track", default="{}", help="tracker settings over conf/track/default.yaml, JSON, e.g. '{\"patience\": 10}'"
+    )
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
     ap.add_argument("--cache", default=None, help="folder for the network's detections (reruns skip the network)")
     args = ap.parse_args(argv)
@@ -182,12 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(2)
         estimator = load_estimator(args.checkpoint, input_size=args.input_size, flip=args.flip, batch_size=4)
     smooth = {"enabled": True, "min_cutoff": args.min_cutoff, "beta": args.beta, "d_cutoff": args.d_cutoff}
+    track = {**json.loads(args.track), "enabled": True}
     methods = {
         "oracle IDs (ceiling for these detections)": lambda gt: OracleIds(gt, spec),
         "greedy, previous frame": lambda gt: GreedyTracker(spec),
-        "PoseTracker (Hungarian, gaps, motion)": lambda gt: PoseTracker(spec, {"enabled": True}, fps=fps),
+        "PoseTracker (Hungarian, gaps, motion)": lambda gt: PoseTracker(spec, track, fps=fps),
         "PoseTracker + One-Euro smoothing": lambda gt: PoseTracker(
-            spec, {"enabled": True, "smoothing": smooth}, fps=fps
+            spec, {**track, "smoothing": {**track.get("smoothing", {}), **smooth}}, fps=fps
         ),
     }
     accs = {m: mm.MOTAccumulator(auto_id=True) for m in methods}

@@ -411,3 +411,17 @@ def test_non_finite_loss_stops_a_training_run(synthetic_root: Path, tmp_path: Pa
     with pytest.raises(AssertionError, match="non-finite loss at global step 0"):
         run_train(["logger=none", "module.loss.offset_factor=nan", *tiny(synthetic_root, tmp_path, "nan")])
     assert not (tmp_path / "train" / "nan" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_progress_shows_the_run_eta_and_each_validation_says_where_its_overlays_are(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    args = [a for a in tiny(synthetic_root, tmp_path, epochs=2) if not a.startswith("trainer.enable_progress_bar")]
+    proc = run_train([*args, "logger=none", "trainer.enable_progress_bar=true"])
+    bars = proc.stderr + proc.stdout
+    assert "run=" in bars and "eta=" in bars, bars[-2000:]
+    log = (tmp_path / "train" / "run" / "train.log").read_text()
+    for epoch in (0, 1):  # every validation, as soon as it ends, with its AP and its overlays
+        overlays = tmp_path / "train" / "run" / "overlays" / f"epoch_{epoch:03d}"
+        assert f"validation at epoch {epoch} (step " in log and f"overlays: {overlays}" in log, log
+        assert (overlays / "val_0.png").is_file()

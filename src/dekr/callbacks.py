@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,34 @@ def _overlay_pair(sample: dict, result: Any, spec: Any) -> np.ndarray:
     return np.concatenate([gt, pred], axis=1)
 
 
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's progress bars plus the whole run's progress and ETA on the training bar
+    (``run=37% eta=3:05``): the rate is wall time per optimizer step since this process started
+    training, validation included, times the steps left to ``trainer.estimated_stepping_batches``."""
+
+    def __init__(self, refresh_rate: int = 1, leave: bool = False) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self._start: tuple[float, int] | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start = (time.monotonic(), trainer.global_step)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        total = trainer.estimated_stepping_batches
+        if self._start is None or not total or total == float("inf") or trainer.sanity_checking:
+            return items
+        t0, step0 = self._start
+        done = trainer.global_step - step0
+        if done > 0:
+            eta = (time.monotonic() - t0) / done * max(total - trainer.global_step, 0)
+            minutes, seconds = divmod(int(round(eta)), 60)
+            items["run"] = f"{100 * trainer.global_step / total:.0f}% eta={minutes}:{seconds:02d}"
+        return items
+
+
 class ValidationImages(pl.Callback):
     """After each validation, logs ground-truth vs predicted skeletons and a heatmap rendering of
     the first validation images to every logger (W&B images, TensorBoard images) and writes them as
@@ -198,6 +228,22 @@ class ValidationImages(pl.Callback):
     def __init__(self, max_images: int = 4) -> None:
         self.max_images = max_images
         self.last_dir: Path | None = None
+        self.last_epoch = -1
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Say where the result is as soon as a validation ends (the AP is computed by then)."""
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        ap = trainer.callback_metrics.get("val/AP")
+        where = f"; overlays: {self.last_dir}" if self.last_dir and self.last_epoch == trainer.current_epoch else ""
+        if ap is not None:
+            log.info(
+                "validation at epoch %d (step %d): AP %.3f%s",
+                trainer.current_epoch,
+                trainer.global_step,
+                float(ap),
+                where,
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -218,6 +264,7 @@ class ValidationImages(pl.Callback):
             heat = render_heatmaps(heat[0], pairs[0][0]["image"])
             cv2.imwrite(str(out_dir / "heatmaps_0.png"), cv2.cvtColor(heat, cv2.COLOR_RGB2BGR))
         self.last_dir = out_dir
+        self.last_epoch = trainer.current_epoch
         step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -23,14 +23,21 @@ matches each frame to the previous frame only, greedily by the same similarity, 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from dekr.config import CONF_DIR
 from dekr.keypoints import KeypointSpec
+from dekr.plaindata import build_dataclass, merge, plain
+
+#: the track group's defaults, the one home of every tracker setting
+DEFAULT_FILE = CONF_DIR / "track" / "default.yaml"
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,11 @@ class SmoothingConfig:
         d_cutoff: cutoff frequency (Hz) of the speed estimate.
     """
 
-    enabled: bool = False
-    min_cutoff: float = 1.0
-    beta: float = 0.03
-    d_cutoff: float = 1.0
+    enabled: bool
+    min_cutoff: float
+    beta: float
+    d_cutoff: float
+    predict: bool
 
     def __post_init__(self) -> None:
         if self.min_cutoff <= 0 or self.d_cutoff <= 0 or self.beta < 0:
@@ -59,7 +67,8 @@ class SmoothingConfig:
 
 @dataclass(frozen=True)
 class TrackConfig:
-    """Tracker settings (the ``track`` config node of ``conf/predict.yaml``).
+    """Tracker settings: the ``track`` config group (``conf/track/default.yaml`` holds the values and
+    their meaning; the dataclass has no defaults of its own).
 
     Attributes:
         enabled: track people (``predict.py``; the Python API takes ``track=True``).
@@ -72,21 +81,26 @@ class TrackConfig:
         joint_threshold: joints with a score above this count as seen (OKS and boxes use them).
         motion: move a carried pose by the track's velocity (frames since it was seen x velocity).
         velocity_momentum: exponential smoothing of that velocity (0: last displacement only).
+        contest_ratio: a match is *contested* when a track left unmatched in this frame predicts a
+            pose at least this fraction as similar to the matched pose; it keeps its ID but leaves the
+            track's motion state as it was (two people overlapping, one pose found: it may mix both).
+            0: never.
         fps: frame rate for the filter's time step (``None``: the video's, else 25).
         smoothing: :class:`SmoothingConfig`.
     """
 
-    enabled: bool = False
-    patience: int = 30
-    min_similarity: float = 0.2
-    box_weight: float = 0.3
-    min_score: float = 0.1
-    init_score: float | None = None
-    joint_threshold: float = 0.1
-    motion: bool = True
-    velocity_momentum: float = 0.7
-    fps: float | None = None
-    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    enabled: bool
+    patience: int
+    min_similarity: float
+    box_weight: float
+    min_score: float
+    init_score: float | None
+    joint_threshold: float
+    motion: bool
+    velocity_momentum: float
+    contest_ratio: float
+    fps: float | None
+    smoothing: SmoothingConfig
 
     def __post_init__(self) -> None:
         if self.patience < 0:
@@ -96,22 +110,43 @@ class TrackConfig:
                 f"track.box_weight must be in [0, 1] and track.velocity_momentum in [0, 1), got "
                 f"{self.box_weight}, {self.velocity_momentum}"
             )
+        if not 0.0 <= self.contest_ratio <= 1.0:
+            raise ValueError(f"track.contest_ratio must be in [0, 1], got {self.contest_ratio}")
         if not 0.0 <= self.min_similarity <= 1.0:
             raise ValueError(f"track.min_similarity must be in [0, 1], got {self.min_similarity}")
 
     @classmethod
-    def from_mapping(cls, node: Mapping[str, Any] | None) -> TrackConfig:
-        """From a composed ``track`` node (unknown keys are errors; missing keys keep the defaults)."""
-        values = dict(node or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"track config: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
-        smooth = dict(values.pop("smoothing", None) or {})
-        known = {f.name for f in fields(SmoothingConfig)}
-        if set(smooth) - known:
-            raise ValueError(f"track.smoothing: unknown key(s) {sorted(set(smooth) - known)}; allowed: {sorted(known)}")
-        return cls(**values, smoothing=SmoothingConfig(**smooth))
+    def from_mapping(cls, node: Mapping[str, Any] | None, base: TrackConfig | None = None) -> TrackConfig:
+        """``base`` (default: :func:`default_track_config`) with a (partial, nested) ``track`` node
+        merged in, e.g. ``{"patience": 10, "smoothing": {"enabled": True}}``; unknown keys and values
+        of the wrong type are errors that name the key."""
+        merged = merge((base or default_track_config()).to_dict(), plain(node or {}), "track")
+        return _build(merged, "track config")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the shape of ``conf/track/default.yaml``)."""
+        return plain(dataclasses.asdict(self))
+
+    def replace(self, **values: Any) -> TrackConfig:
+        """A copy with some values changed: ``cfg.replace(enabled=True, smoothing={"enabled": True})``."""
+        return TrackConfig.from_mapping(values, base=self)
+
+
+def _build(node: Mapping[str, Any], origin: str) -> TrackConfig:
+    return build_dataclass(TrackConfig, node, origin)
+
+
+@functools.lru_cache(maxsize=1)
+def default_track_config() -> TrackConfig:
+    """The track group's defaults (``conf/track/default.yaml``)."""
+    if not DEFAULT_FILE.is_file():
+        raise FileNotFoundError(
+            f"the tracker defaults {DEFAULT_FILE} are missing: install the project from its checkout "
+            "(`pip install -e .`, see README) or pass a TrackConfig explicitly"
+        )
+    import yaml
+
+    return _build(yaml.safe_load(DEFAULT_FILE.read_text()), str(DEFAULT_FILE))
 
 
 # ---------------------------------------------------------------------------------------- similarity
@@ -175,8 +210,9 @@ class OneEuroFilter:
     and the cutoff ``f_c = min_cutoff + beta * |dx/dt|`` rising with the (filtered) speed.
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.01, d_cutoff: float = 1.0) -> None:
+    def __init__(self, min_cutoff: float, beta: float, d_cutoff: float, predict: bool = False) -> None:
         self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
+        self.predict = bool(predict)
         self.x: np.ndarray | None = None
         self.dx: np.ndarray | None = None
 
@@ -197,7 +233,8 @@ class OneEuroFilter:
         self.dx = a_d * dx + (1.0 - a_d) * self.dx
         cutoff = self.min_cutoff + self.beta * np.abs(self.dx)
         a = self._alpha(cutoff, dt)
-        out = a * x + (1.0 - a) * self.x
+        prior = self.x + self.dx * dt if self.predict else self.x
+        out = a * x + (1.0 - a) * prior
         if reset is not None:
             reset = np.broadcast_to(reset, x.shape)
             out = np.where(reset, x, out)
@@ -212,22 +249,53 @@ class _Tracks:
     """Live tracks as arrays (``T`` tracks)."""
 
     ids: np.ndarray  # [T] int64
-    poses: np.ndarray  # [T, K, 3] last matched pose (smoothed when smoothing is on)
+    poses: np.ndarray  # [T, K, 3] last clean (uncontested) matched pose, as detected (not smoothed)
     velocity: np.ndarray  # [T, 2] px per frame
-    last: np.ndarray  # [T] frame index last matched
+    last: np.ndarray  # [T] frame of that pose (motion carries the pose from there)
+    seen: np.ndarray  # [T] frame last matched, contested or not (patience counts from here)
+    moving: np.ndarray  # [T] bool: velocity measured at least once
 
     @classmethod
     def empty(cls, k: int) -> _Tracks:
-        return cls(np.zeros(0, np.int64), np.zeros((0, k, 3)), np.zeros((0, 2)), np.zeros(0, np.int64))
+        z = np.zeros(0, np.int64)
+        return cls(z, np.zeros((0, k, 3)), np.zeros((0, 2)), z, z.copy(), np.zeros(0, bool))
 
     def select(self, keep: np.ndarray) -> _Tracks:
-        return _Tracks(self.ids[keep], self.poses[keep], self.velocity[keep], self.last[keep])
+        return _Tracks(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
+
+    def grow(self, ids: np.ndarray, poses: np.ndarray, frame: int) -> _Tracks:
+        n = len(ids)
+        at = np.full(n, frame, np.int64)
+        return _Tracks(
+            np.concatenate((self.ids, ids)),
+            np.concatenate((self.poses, poses)),
+            np.concatenate((self.velocity, np.zeros((n, 2)))),
+            np.concatenate((self.last, at)),
+            np.concatenate((self.seen, at)),
+            np.concatenate((self.moving, np.zeros(n, bool))),
+        )
 
 
 def _centres(poses: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """``[N, 2]`` mean of the seen joints (of all joints where none is seen)."""
     w = np.where(seen.any(1, keepdims=True), seen, True).astype(np.float64)[..., None]
     return (poses[..., :2] * w).sum(1) / w.sum(1)
+
+
+def _displacement(new: np.ndarray, old: np.ndarray, threshold: float) -> np.ndarray:
+    """``[N, 2]`` per-pose displacement ``old -> new`` (``[N, K, 3]`` each): the median over the
+    joints seen in both, so joints appearing or disappearing behind someone do not move it (the
+    difference of the seen joints' means where no joint is seen in both)."""
+    both = (new[..., 2] > threshold) & (old[..., 2] > threshold)  # [N, K]
+    d = np.where(both[..., None], new[..., :2] - old[..., :2], np.nan)
+    out = np.zeros((len(new), 2))
+    some = both.any(1)
+    if some.any():
+        out[some] = np.nanmedian(d[some], axis=1)
+    if (~some).any():
+        seen_n, seen_o = new[~some, :, 2] > threshold, old[~some, :, 2] > threshold
+        out[~some] = _centres(new[~some], seen_n) - _centres(old[~some], seen_o)
+    return out
 
 
 class PoseTracker:
@@ -280,16 +348,16 @@ class PoseTracker:
         self.frame += 1
         poses = np.asarray(poses, np.float64).reshape(-1, self.spec.num_keypoints, 3)
         scores = np.asarray(scores, np.float64).reshape(-1)
+        cand = np.flatnonzero(scores >= cfg.min_score)
+        sim = pose_similarity(self.predicted(), poses[cand], self.sigmas, cfg.joint_threshold, cfg.box_weight)
         if track_ids is not None:
             ids = np.asarray(track_ids, np.int64).reshape(-1).copy()
             rows, matched = np.nonzero(self.tracks.ids[:, None] == ids[None, :])
+            cols = np.searchsorted(cand, matched)
             new = np.setdiff1d(np.flatnonzero(ids >= 0), matched)
             self.next_id = max(self.next_id, int(ids.max(initial=-1)) + 1)
         else:
             ids = np.full(len(poses), -1, np.int64)
-            cand = np.flatnonzero(scores >= cfg.min_score)
-            prev = self.predicted()
-            sim = pose_similarity(prev, poses[cand], self.sigmas, cfg.joint_threshold, cfg.box_weight)
             rows, cols = linear_sum_assignment(-sim) if sim.size else (np.zeros(0, int), np.zeros(0, int))
             ok = sim[rows, cols] >= cfg.min_similarity
             rows, cols = rows[ok], cols[ok]
@@ -300,42 +368,49 @@ class PoseTracker:
                 new = new[scores[new] >= cfg.init_score]
             ids[new] = np.arange(self.next_id, self.next_id + len(new))
             self.next_id += len(new)
+        contested = self._contested(sim, rows, cols)
 
         out = poses.copy()
         if cfg.smoothing.enabled:
             out = self._smooth(out, ids)
 
-        # state: matched tracks take the new pose and velocity; new tracks join; stale tracks end
+        # state: clean matches take the new pose and velocity, contested ones only keep the track
+        # alive (its motion carries on from before); new tracks join; stale tracks end
         t = self.tracks
-        seen_new = out[..., 2] > cfg.joint_threshold
+        t.seen[rows] = self.frame
+        rows, matched = rows[~contested], matched[~contested]
         if len(rows):
-            centre_new = _centres(out[matched], seen_new[matched])
-            seen_old = t.poses[rows][..., 2] > cfg.joint_threshold
-            centre_old = _centres(t.poses[rows], seen_old)
-            step = (centre_new - centre_old) / np.maximum(self.frame - t.last[rows], 1)[:, None]
-            m = cfg.velocity_momentum
+            step = _displacement(poses[matched], t.poses[rows], cfg.joint_threshold)
+            step /= np.maximum(self.frame - t.last[rows], 1)[:, None]
+            m = np.where(t.moving[rows], cfg.velocity_momentum, 0.0)[:, None]
             t.velocity[rows] = m * t.velocity[rows] + (1 - m) * step
-            t.poses[rows] = out[matched]
+            t.moving[rows] = True
+            t.poses[rows] = poses[matched]
             t.last[rows] = self.frame
-        grown = _Tracks(
-            np.concatenate((t.ids, ids[new])),
-            np.concatenate((t.poses, out[new])),
-            np.concatenate((t.velocity, np.zeros((len(new), 2)))),
-            np.concatenate((t.last, np.full(len(new), self.frame, np.int64))),
-        )
-        alive = self.frame - grown.last <= cfg.patience
+        grown = t.grow(ids[new], poses[new], self.frame)
+        alive = self.frame - grown.seen <= cfg.patience
         for gone in grown.ids[~alive]:
             self.filters.pop(int(gone), None)
         self.tracks = grown.select(alive)
         return ids, out.astype(np.float32)
 
+    def _contested(self, sim: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``[M]`` bool per match ``(rows, cols)`` of ``sim [T, P]``: a track left without a pose in
+        this frame predicts a pose at least ``contest_ratio`` times as similar to the matched one, as
+        when two people overlap and the network finds one pose for both."""
+        ratio = self.cfg.contest_ratio
+        free = np.setdiff1d(np.arange(len(sim)), rows)
+        if ratio <= 0 or not len(rows) or not len(free):
+            return np.zeros(len(rows), bool)
+        return sim[free][:, cols].max(0) >= ratio * sim[rows, cols]
+
     def _smooth(self, poses: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """One-Euro filter the joints of every tracked pose (time step: frames since last seen / fps)."""
         s = self.cfg.smoothing
-        last = dict(zip(self.tracks.ids.tolist(), self.tracks.last.tolist()))
+        last = dict(zip(self.tracks.ids.tolist(), self.tracks.seen.tolist()))
         for p in np.flatnonzero(ids >= 0):
             tid = int(ids[p])
-            f = self.filters.setdefault(tid, OneEuroFilter(s.min_cutoff, s.beta, s.d_cutoff))
+            f = self.filters.setdefault(tid, OneEuroFilter(s.min_cutoff, s.beta, s.d_cutoff, s.predict))
             dt = max(self.frame - last.get(tid, self.frame - 1), 1) / self.fps
             unseen = (poses[p, :, 2] <= self.cfg.joint_threshold)[:, None]
             poses[p, :, :2] = f(poses[p, :, :2], dt, reset=unseen)
@@ -391,5 +466,6 @@ __all__ = [
     "SmoothingConfig",
     "TrackConfig",
     "box_iou",
+    "default_track_config",
     "pose_similarity",
 ]

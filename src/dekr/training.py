@@ -119,12 +119,16 @@ def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
 
 
 def build_callbacks(cfg: DictConfig, with_logger: bool = True) -> list[pl.Callback]:
-    """Instantiate ``cfg.callbacks``; the LR monitor is dropped when no logger is configured."""
+    """Instantiate ``cfg.callbacks``; the LR monitor is dropped when no logger is configured, the
+    progress bar when ``trainer.enable_progress_bar`` is false."""
     out = []
+    bars = bool(cfg.get("trainer", {}).get("enable_progress_bar", True))
     for c in (cfg.get("callbacks") or {}).values():
         if not isinstance(c, DictConfig) or "_target_" not in c:
             continue
         if not with_logger and c._target_.endswith("LearningRateMonitor"):
+            continue
+        if not bars and c._target_.endswith("ProgressBar"):
             continue
         out.append(hydra.utils.instantiate(c))
     return out
