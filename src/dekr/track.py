@@ -81,10 +81,10 @@ class TrackConfig:
         joint_threshold: joints with a score above this count as seen (OKS and boxes use them).
         motion: move a carried pose by the track's velocity (frames since it was seen x velocity).
         velocity_momentum: exponential smoothing of that velocity (0: last displacement only).
-        contest_ratio: a match is *contested* when a track left unmatched in this frame predicts a
-            pose at least this fraction as similar to the matched pose; it keeps its ID but leaves the
-            track's motion state as it was (two people overlapping, one pose found: it may mix both).
-            0: never.
+        contest_ratio: a match is *contested* when a rival track predicts a pose at least this
+            fraction as similar to the matched pose (see :meth:`PoseTracker._contested`); it keeps its
+            ID but leaves the track's motion state as it was (two people overlapping: the pose may be
+            one for both, or mix their joints). 0: never.
         fps: frame rate for the filter's time step (``None``: the video's, else 25).
         smoothing: :class:`SmoothingConfig`.
     """
@@ -395,14 +395,21 @@ class PoseTracker:
         return ids, out.astype(np.float32)
 
     def _contested(self, sim: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``[M]`` bool per match ``(rows, cols)`` of ``sim [T, P]``: a track left without a pose in
-        this frame predicts a pose at least ``contest_ratio`` times as similar to the matched one, as
-        when two people overlap and the network finds one pose for both."""
+        """``[M]`` bool per match ``(rows, cols)`` of ``sim [T, P]``: a rival track predicts a pose at
+        least ``contest_ratio`` times as similar to the matched one. Rivals are the tracks left
+        without a pose in this frame (the network found one pose where two people overlap), or,
+        when every track has one, the other tracks (a pose mixing joints of two people)."""
         ratio = self.cfg.contest_ratio
-        free = np.setdiff1d(np.arange(len(sim)), rows)
-        if ratio <= 0 or not len(rows) or not len(free):
+        if ratio <= 0 or not len(rows) or len(sim) < 2:
             return np.zeros(len(rows), bool)
-        return sim[free][:, cols].max(0) >= ratio * sim[rows, cols]
+        free = np.setdiff1d(np.arange(len(sim)), rows)
+        if len(free):
+            rival = sim[free][:, cols].max(0)
+        else:
+            others = sim[:, cols].copy()  # [T, M]
+            others[rows, np.arange(len(rows))] = -np.inf
+            rival = others.max(0)
+        return rival >= ratio * sim[rows, cols]
 
     def _smooth(self, poses: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """One-Euro filter the joints of every tracked pose (time step: frames since last seen / fps)."""
