@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from timing import median_seconds, random_targets
+from timing import median_seconds, random_targets, training_step
 
 CONFIGS = {  # name: (backbone, heatmap channels, input size)
     "w18_small": ("hrnet_w18_small", 32, 512),
@@ -39,7 +39,6 @@ def run_one(model_name: str, impl: str, size: int | None, repeats: int, checkpoi
     """Measure one row in this process and return it as a dict."""
     import torch
 
-    from dekr.losses import DEKRLoss
     from dekr.model import DEKR
 
     torch.set_num_threads(threads)
@@ -58,16 +57,7 @@ def run_one(model_name: str, impl: str, size: int | None, repeats: int, checkpoi
     with torch.no_grad():
         fwd = _median_time(lambda: model(x1), repeats, sync)
     model.train()
-    loss_fn = DEKRLoss()
-    targets = random_targets(17, size, 2, device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step() -> None:
-        heatmaps, offsets = model(x2)
-        loss = loss_fn(heatmaps, offsets, targets)["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = training_step(model, x2, random_targets(17, size, 2, device))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

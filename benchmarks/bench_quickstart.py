@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from timing import median_seconds, random_targets
+from timing import median_seconds, random_targets, training_step
 
-from dekr.losses import DEKRLoss
 from dekr.model import DEKR
 
 ROWS = [  # (input size, channels_per_keypoint, batch)
@@ -37,22 +36,10 @@ ROWS = [  # (input size, channels_per_keypoint, batch)
 ]
 
 
-def training_step(size: int, width: int, batch: int):
+def quickstart_step(size: int, width: int, batch: int):
     torch.manual_seed(0)
     net = DEKR(17, "hrnet_tiny", heatmap_channels=16, channels_per_keypoint=width, adaptive_impl="grid_sample")
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    loss_fn = DEKRLoss(heatmap_factor=1.0, offset_factor=0.03, beta=1 / 9, bg_weight=0.1)
-    images = torch.randn(batch, 3, size, size)
-    targets = random_targets(17, size, batch, "cpu")
-
-    def step() -> None:
-        heatmaps, offsets = net(images)
-        loss = loss_fn(heatmaps, offsets, targets)["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    return training_step(net, torch.randn(batch, 3, size, size), random_targets(17, size, batch, "cpu"))
 
 
 def loader_ms(root: Path, batch: int) -> float:
@@ -87,7 +74,7 @@ def main() -> None:
     print("| input | offset width | batch | s / step | ms / image |")
     print("|---|---|---|---|---|")
     for size, width, batch in ROWS:
-        seconds = median_seconds(training_step(size, width, batch), args.repeats, warmup=2)
+        seconds = median_seconds(quickstart_step(size, width, batch), args.repeats, warmup=2)
         print(f"| {size} | {width} | {batch} | {seconds:.3f} | {1000 * seconds / batch:.0f} |")
     root = Path(args.data_root)
     if (root / "synthetic_meta.json").is_file():
@@ -100,7 +87,7 @@ def main() -> None:
         from torch.profiler import ProfilerActivity, profile
 
         for size, width, batch in ((256, 8, 8), (256, 4, 4)):
-            step = training_step(size, width, batch)
+            step = quickstart_step(size, width, batch)
             step()
             step()
             with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -44,3 +44,24 @@ def random_targets(k: int, size: int, batch: int, device, people: int = 2):
         "offset_target": torch.randn(pixel.numel(), k, 2, generator=g).to(device),
         "offset_weight": torch.full((pixel.numel(), k), 0.02).to(device),
     }
+
+
+def training_step(model, images, targets, lr: float = 1e-3):
+    """``step()``: one optimizer step of ``model`` (forward, the DEKR loss with the settings of
+    ``conf/train.yaml``, backward, Adam) on a fixed batch, for timing."""
+    import torch
+    from hydra.utils import instantiate
+
+    from dekr.config import compose_train
+
+    loss_fn = instantiate(compose_train([]).module.loss)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step() -> None:
+        heatmaps, offsets = model(images)
+        loss = loss_fn(heatmaps, offsets, targets)["total"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
