@@ -9,10 +9,13 @@ that blends
 * **box IoU** of the boxes around those seen joints,
 
 so it works for any keypoint layout. A track not matched in a frame is kept for ``patience`` frames
-with its last pose carried (moved by its recent velocity when ``motion`` is on), so a person hidden
-behind another for a moment gets their ID back; after that the track ends. Every unmatched pose
-scoring at least ``min_score`` starts a new track. Cost matrices are computed for all
-(track, pose) pairs at once.
+with its last pose carried (moved by its velocity when ``motion`` is on: the median displacement of
+the joints seen in both poses), so a person hidden behind another for a moment gets their ID back;
+after that the track ends. A *contested* match (a rival track predicts the pose nearly as well:
+one pose found for two overlapping people, or a pose mixing their joints) keeps its ID but leaves
+the track's motion as it was. Every unmatched pose scoring at least ``min_score`` starts a new
+track. Cost matrices are computed for all (track, pose) pairs at once; association always uses the
+detected poses, smoothing only changes what is returned. Settings: ``conf/track/default.yaml``.
 
 :class:`OneEuroFilter` (Casiez et al., CHI 2012) smooths each track's joints, vectorized over
 joints; :class:`PoseTracker` applies it when ``smoothing.enabled``.
