@@ -356,6 +356,8 @@ class PoseTracker:
         if track_ids is not None:
             ids = np.asarray(track_ids, np.int64).reshape(-1).copy()
             rows, matched = np.nonzero(self.tracks.ids[:, None] == ids[None, :])
+            inside = np.isin(matched, cand)  # IDs written under another min_score: no motion update
+            rows, matched = rows[inside], matched[inside]
             cols = np.searchsorted(cand, matched)
             new = np.setdiff1d(np.flatnonzero(ids >= 0), matched)
             self.next_id = max(self.next_id, int(ids.max(initial=-1)) + 1)
