@@ -40,3 +40,18 @@ def compose_data(name: str, overrides: list[str] | None = None):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose(config_name="train", overrides=["~experiment", f"data={name}", *(overrides or [])])
     return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+
+
+def synthetic_datamodule(root: Path, **kwargs):
+    """A ``DEKRDataModule`` over a ``generate_synthetic`` folder (its standard file layout);
+    ``kwargs`` are the other datamodule arguments (``input_size``, ``batch_size``, ...)."""
+    from dekr.data import DEKRDataModule
+
+    return DEKRDataModule(
+        root=str(root),
+        train_ann="annotations/person_keypoints_train.json",
+        train_images="images/train",
+        val_ann="annotations/person_keypoints_val.json",
+        val_images="images/val",
+        **kwargs,
+    )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT
+from conftest import ROOT, synthetic_datamodule
 from omegaconf import OmegaConf
 
 import dekr  # noqa: F401  (resolvers, NO_ALBUMENTATIONS_UPDATE)
@@ -187,18 +187,8 @@ def test_sampler_order_is_a_function_of_seed_epoch_and_position() -> None:
 
 def test_training_batch_carries_image_ids(synthetic_root: Path) -> None:
     """The training batch names its images (the non-finite-loss error lists them)."""
-    from dekr.data import DEKRDataModule
 
-    dm = DEKRDataModule(
-        root=str(synthetic_root),
-        train_ann="annotations/person_keypoints_train.json",
-        train_images="images/train",
-        val_ann="annotations/person_keypoints_val.json",
-        val_images="images/val",
-        input_size=128,
-        batch_size=3,
-        num_workers=0,
-    )
+    dm = synthetic_datamodule(synthetic_root, input_size=128, batch_size=3, num_workers=0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     ids = set(dm.datasets["train"].ids)

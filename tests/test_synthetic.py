@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import synthetic_datamodule
 
 from dekr.data.coco import load_coco
 from dekr.data.synthetic import generate_synthetic, render_image
@@ -94,20 +95,8 @@ def test_workers_draw_distinct_augmentations(tmp_path: Path) -> None:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from dekr.data.datamodule import DEKRDataModule
-
     root = generate_synthetic(tmp_path / "syn", num_train=2, num_val=1, image_size=96, seed=0)
-    dm = DEKRDataModule(
-        keypoints="coco",
-        root=str(root),
-        train_ann="annotations/person_keypoints_train.json",
-        train_images="images/train",
-        val_ann="annotations/person_keypoints_val.json",
-        val_images="images/val",
-        input_size=64,
-        batch_size=2,
-        num_workers=2,
-    )
+    dm = synthetic_datamodule(root, keypoints="coco", input_size=64, batch_size=2, num_workers=2)
     dm.setup("fit")
     assert dm.train_dataloader().persistent_workers
     same_image = Subset(dm.datasets["train"], [0] * 4)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import synthetic_datamodule
 
 from dekr.data.synthetic import _draw_generic, body_plan, generate_synthetic, random_figure, render_image
 from dekr.keypoints import build_keypoint_spec
@@ -182,21 +183,10 @@ def test_layout_change_regenerates(tmp_path: Path) -> None:
 
 
 def test_datamodule_trains_on_a_custom_layout(tmp_path: Path) -> None:
-    from dekr.data.datamodule import DEKRDataModule
 
     spec = build_keypoint_spec(LAYOUTS[35])
     root = generate_synthetic(tmp_path, num_train=4, num_val=1, image_size=128, seed=0, keypoints=spec)
-    dm = DEKRDataModule(
-        keypoints=spec,
-        root=str(root),
-        train_ann="annotations/person_keypoints_train.json",
-        train_images="images/train",
-        val_ann="annotations/person_keypoints_val.json",
-        val_images="images/val",
-        input_size=128,
-        batch_size=2,
-        num_workers=0,
-    )
+    dm = synthetic_datamodule(root, keypoints=spec, input_size=128, batch_size=2, num_workers=0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["heatmaps"].shape == (2, 36, 32, 32)

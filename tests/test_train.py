@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COCO_SAMPLE, ROOT
+from conftest import COCO_SAMPLE, ROOT, synthetic_datamodule
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -232,7 +232,6 @@ def test_ddp_two_processes_gather_the_same_ap(synthetic_root: Path, tmp_path: Pa
     ddp_ap = summary["val"]["val/AP"]
     from pytorch_lightning import Trainer
 
-    from dekr.data import DEKRDataModule
     from dekr.inference.predictor import TestConfig
     from dekr.keypoints import COCO
     from dekr.model import DEKR
@@ -241,16 +240,7 @@ def test_ddp_two_processes_gather_the_same_ap(synthetic_root: Path, tmp_path: Pa
     net = DEKR(**ckpt["dekr"]["network"])
     module = _module(net, COCO, TestConfig(input_size=128, flip=True, scales=(1.0,), batch_size=3, max_dets=20))
     module.load_state_dict(ckpt["state_dict"])
-    dm = DEKRDataModule(
-        root=str(synthetic_root),
-        train_ann="annotations/person_keypoints_train.json",
-        train_images="images/train",
-        val_ann="annotations/person_keypoints_val.json",
-        val_images="images/val",
-        input_size=128,
-        batch_size=2,
-        num_workers=0,
-    )
+    dm = synthetic_datamodule(synthetic_root, input_size=128, batch_size=2, num_workers=0)
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     single = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/AP"]
     assert single == pytest.approx(ddp_ap, abs=1e-9)

@@ -17,6 +17,20 @@ from omegaconf import OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+def read_group_default(group: str) -> tuple[dict[str, Any], str]:
+    """``conf/<group>/default.yaml`` as plain data (``yaml.safe_load``: no code runs), with its path
+    for error messages; a clear error when the checkout's ``conf/`` is not there."""
+    import yaml
+
+    path = CONF_DIR / group / "default.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the {group} defaults {path} are missing: install the project from its checkout "
+            f"(`pip install -e .`, see README) or pass the {group} settings explicitly"
+        )
+    return yaml.safe_load(path.read_text()), str(path)
+
+
 def compose_train(overrides: Sequence[str], config_dir: str | Path | None = None) -> Any:
     """``conf/train.yaml`` composed with Hydra ``overrides``, as ``python src/train.py`` would; a
     ``config_dir`` joins the search path after ``conf/`` (as Hydra's ``--config-dir``: e.g. a folder

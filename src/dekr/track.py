@@ -35,12 +35,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from dekr.config import CONF_DIR
+from dekr.config import read_group_default
 from dekr.keypoints import KeypointSpec
 from dekr.plaindata import build_dataclass, merge, plain
-
-#: the track group's defaults, the one home of every tracker setting
-DEFAULT_FILE = CONF_DIR / "track" / "default.yaml"
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ class TrackConfig:
         merged in, e.g. ``{"patience": 10, "smoothing": {"enabled": True}}``; unknown keys and values
         of the wrong type are errors that name the key."""
         merged = merge((base or default_track_config()).to_dict(), plain(node or {}), "track")
-        return _build(merged, "track config")
+        return build_dataclass(TrackConfig, merged, "track config")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (the shape of ``conf/track/default.yaml``)."""
@@ -135,21 +132,11 @@ class TrackConfig:
         return TrackConfig.from_mapping(values, base=self)
 
 
-def _build(node: Mapping[str, Any], origin: str) -> TrackConfig:
-    return build_dataclass(TrackConfig, node, origin)
-
-
 @functools.lru_cache(maxsize=1)
 def default_track_config() -> TrackConfig:
     """The track group's defaults (``conf/track/default.yaml``)."""
-    if not DEFAULT_FILE.is_file():
-        raise FileNotFoundError(
-            f"the tracker defaults {DEFAULT_FILE} are missing: install the project from its checkout "
-            "(`pip install -e .`, see README) or pass a TrackConfig explicitly"
-        )
-    import yaml
-
-    return _build(yaml.safe_load(DEFAULT_FILE.read_text()), str(DEFAULT_FILE))
+    node, origin = read_group_default("track")
+    return build_dataclass(TrackConfig, node, origin)
 
 
 # ---------------------------------------------------------------------------------------- similarity

@@ -19,13 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dekr.config import CONF_DIR
+from dekr.config import read_group_default
 from dekr.plaindata import build_dataclass, merge, plain
 
 log = logging.getLogger(__name__)
-
-#: the codec group's default file
-DEFAULT_FILE = CONF_DIR / "codec" / "default.yaml"
 
 NMSStrategy = Literal["reference", "greedy", "symmetric"]
 NMS_STRATEGIES = typing.get_args(NMSStrategy)
@@ -161,14 +158,8 @@ def _check(cfg: CodecConfig) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _load_default() -> CodecConfig:
-    if not DEFAULT_FILE.is_file():
-        raise FileNotFoundError(
-            f"the codec defaults {DEFAULT_FILE} are missing: install the project from its checkout "
-            "(`pip install -e .`, see README) or pass a CodecConfig explicitly"
-        )
-    import yaml
-
-    return CodecConfig.from_mapping(yaml.safe_load(DEFAULT_FILE.read_text()), origin=str(DEFAULT_FILE))
+    node, origin = read_group_default("codec")
+    return CodecConfig.from_mapping(node, origin=origin)
 
 
 __all__ = [

@@ -291,9 +291,8 @@ class PoseEstimator:
         cfg = network_codec(stored.codec, _codec(base, str(stored.path)), str(stored.path))
         dev = resolve_device(device)
         net = build_network(layout, None, stored).eval().to(dev)
-        test = TestConfig(int(input_size), bool(flip), tuple(float(f) for f in scales), int(batch_size), int(max_dets))
-        rescorer = Rescorer.from_file(rescore, layout) if rescore else None
-        return cls(net, layout, cfg, test, rescorer=rescorer, device=dev)
+        test = (input_size, flip, scales, batch_size, max_dets)
+        return cls._assemble(net, layout, cfg, test, rescore, dev)
 
     @classmethod
     def from_onnx(
@@ -326,9 +325,25 @@ class PoseEstimator:
         stored = getattr(model, "metadata", {}).get("dekr.codec")
         base = json.loads(stored) if codec is None and stored else codec
         cfg = _codec(base, str(path))
-        test = TestConfig(int(input_size), bool(flip), tuple(float(f) for f in scales), int(batch_size), int(max_dets))
+        return cls._assemble(model, layout, cfg, (input_size, flip, scales, batch_size, max_dets), rescore, "cpu")
+
+    @classmethod
+    def _assemble(
+        cls,
+        model: Model,
+        layout: KeypointSpec,
+        codec: CodecConfig,
+        test: tuple[int, bool, Sequence[float], int, int],
+        rescore: str | os.PathLike | None,
+        device: str | torch.device,
+    ) -> PoseEstimator:
+        """The estimator of a loaded model: test settings ``(input_size, flip, scales, batch_size,
+        max_dets)`` checked by :class:`TestConfig`, the optional rescoring net read for the layout."""
+        input_size, flip, scales, batch_size, max_dets = test
+        scales = tuple(float(f) for f in scales)
+        settings = TestConfig(int(input_size), bool(flip), scales, int(batch_size), int(max_dets))
         rescorer = Rescorer.from_file(rescore, layout) if rescore else None
-        return cls(model, layout, cfg, test, rescorer=rescorer, device="cpu")
+        return cls(model, layout, codec, settings, rescorer=rescorer, device=device)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs: Any) -> PoseEstimator:
