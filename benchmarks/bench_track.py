@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-cutoff", type=float, default=default_track_config().smoothing.min_cutoff)
     ap.add_argument("--beta", type=float, default=default_track_config().smoothing.beta)
     ap.add_argument("--d-cutoff", type=float, default=default_track_config().smoothing.d_cutoff)
+    ap.add_argument("--confidence", type=float, default=default_track_config().smoothing.confidence)
     ap.add_argument(
         "--track", default="{}", help="tracker settings over conf/track/default.yaml, JSON, e.g. '{\"patience\": 10}'"
     )
@@ -184,13 +185,16 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(2)
         estimator = load_estimator(args.checkpoint, input_size=args.input_size, flip=args.flip, batch_size=4)
-    smooth = {"enabled": True, "min_cutoff": args.min_cutoff, "beta": args.beta, "d_cutoff": args.d_cutoff}
+    smooth = {
+        "enabled": True, "min_cutoff": args.min_cutoff, "beta": args.beta, "d_cutoff": args.d_cutoff,
+        "confidence": args.confidence,
+    }  # fmt: skip
     track = {**json.loads(args.track), "enabled": True}
     methods = {
         "oracle IDs (ceiling for these detections)": lambda gt: OracleIds(gt, spec),
         "greedy, previous frame": lambda gt: GreedyTracker(spec),
         "PoseTracker (Hungarian, gaps, motion)": lambda gt: PoseTracker(spec, track, fps=fps),
-        "PoseTracker + One-Euro smoothing": lambda gt: PoseTracker(
+        "PoseTracker + One-Euro smoothing (score-weighted)": lambda gt: PoseTracker(
             spec, {**track, "smoothing": {**track.get("smoothing", {}), **smooth}}, fps=fps
         ),
     }
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"Detections: {source}; {args.clips} `{args.scenario}` clips x {args.frames} frames x {args.people} people "
         f"(384x256, {fps:g} fps); smoothing min_cutoff={args.min_cutoff:g}, beta={args.beta:g}, "
-        f"d_cutoff={args.d_cutoff:g}; wall {wall:.0f} s.",
+        f"d_cutoff={args.d_cutoff:g}, confidence={args.confidence:g}; wall {wall:.0f} s.",
         "",
         "| tracker | MOTA | IDF1 | ID switches | jitter (px/frame^2) | mean joint error (px) | tracking ms/frame |",
         "|---|---|---|---|---|---|---|",

@@ -187,6 +187,37 @@ def test_one_euro_filter_reduces_jitter_vectorized() -> None:
     assert abs(np.abs(out - truth)[10:].mean() - np.abs(noisy - truth)[10:].mean()) < 1.0
 
 
+
+def test_low_scored_wrong_joints_barely_move_the_smoothed_pose() -> None:
+    """A person walking at 2 px/frame; every 7th frame one joint jumps 40 px with a low score (a wrong
+    joint, as networks give them). Score-weighted smoothing keeps that joint near its true path and
+    steadier than trusting every joint; weight 0 carries a joint on with its filtered speed."""
+    k, steps = 17, 60
+    truth = np.zeros((steps, k, 3))
+    truth[..., 0] = 100 + 2.0 * np.arange(steps)[:, None] + 5 * np.arange(k)[None]
+    truth[..., 1] = 100 + 3 * np.arange(k)[None]
+    truth[..., 2] = 0.9
+    seen = truth.copy()
+    spikes = np.arange(5, steps, 7)
+    seen[spikes, 3, :2] += 40.0
+    seen[spikes, 3, 2] = 0.05
+    smooth = {"enabled": True, "min_cutoff": 2.0, "beta": 0.05, "d_cutoff": 1.0, "predict": True}
+    err, acc = {}, {}
+    for confidence in (0.0, 0.5):
+        tracker = PoseTracker(COCO, {"smoothing": {**smooth, "confidence": confidence}}, fps=25)
+        out = np.stack([tracker.update(p[None], np.array([0.9]))[1][0] for p in seen])
+        err[confidence] = np.abs(out[spikes, 3, :2] - truth[spikes, 3, :2]).max()
+        acc[confidence] = np.abs(np.diff(out[:, 3, :2], 2, axis=0)).mean()
+        assert np.allclose(out[..., 2], seen[..., 2])  # joint scores come back as detected
+    assert err[0.5] < 5.0 < 20.0 < err[0.0], err  # trusted fully, the spike comes through (40 px)
+    assert acc[0.5] < 0.25 * acc[0.0], acc
+
+    f = OneEuroFilter(min_cutoff=2.0, beta=0.0, d_cutoff=1.0, predict=True)
+    for x in truth[:30, :, :2]:
+        f(x, 1 / 25)
+    held = f(truth[30, :, :2] + 100.0, 1 / 25, weight=np.zeros((k, 1)))
+    assert np.allclose(held[:, 0], truth[30, :, 0], atol=0.5)  # ignored sample: carried at 2 px/frame
+
 def test_results_formats(checkpoint: Path) -> None:
     poses = np.random.default_rng(0).uniform(10, 100, (2, 17, 3)).astype(np.float32)
     res = FrameResult(poses, np.array([0.9, 0.5], np.float32), COCO, frame=3, source="v.mp4",

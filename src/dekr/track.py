@@ -18,7 +18,9 @@ track. Cost matrices are computed for all (track, pose) pairs at once; associati
 detected poses, smoothing only changes what is returned. Settings: ``conf/track/default.yaml``.
 
 :class:`OneEuroFilter` (Casiez et al., CHI 2012) smooths each track's joints, vectorized over
-joints; :class:`PoseTracker` applies it when ``smoothing.enabled``.
+joints; :class:`PoseTracker` applies it when ``smoothing.enabled``, each joint's update weighted by
+its score (``smoothing.confidence``): most of a network's jitter comes from a few wrong joints
+with low scores, which then barely move the filter.
 
 :class:`GreedyTracker` is the per-frame baseline measured by ``benchmarks/bench_track.py``: it
 matches each frame to the previous frame only, greedily by the same similarity, with no gaps.
@@ -49,19 +51,25 @@ class SmoothingConfig:
         min_cutoff: cutoff frequency (Hz) at rest; lower = steadier, more lag when slow.
         beta: how fast the cutoff rises with joint speed (per px/s); higher = less lag when fast.
         d_cutoff: cutoff frequency (Hz) of the speed estimate.
+        confidence: joint score trusted fully; a joint scoring ``s`` below it moves the filter
+            ``s / confidence`` of the way a trusted one would (a wrong, low-scored joint barely moves
+            it: the joint carries on with its filtered speed). 0: every joint is trusted fully and
+            joints not seen (score at or below ``track.joint_threshold``) restart their filter.
+        predict: blend with the joint moved by its filtered speed (no lag at a steady speed).
     """
 
     enabled: bool
     min_cutoff: float
     beta: float
     d_cutoff: float
+    confidence: float
     predict: bool
 
     def __post_init__(self) -> None:
-        if self.min_cutoff <= 0 or self.d_cutoff <= 0 or self.beta < 0:
+        if self.min_cutoff <= 0 or self.d_cutoff <= 0 or self.beta < 0 or self.confidence < 0:
             raise ValueError(
-                f"track.smoothing: min_cutoff and d_cutoff must be > 0 and beta >= 0, got "
-                f"{self.min_cutoff}, {self.d_cutoff}, {self.beta}"
+                f"track.smoothing: min_cutoff and d_cutoff must be > 0, beta and confidence >= 0, got "
+                f"{self.min_cutoff}, {self.d_cutoff}, {self.beta}, {self.confidence}"
             )
 
 
@@ -211,18 +219,27 @@ class OneEuroFilter:
         tau = 1.0 / (2.0 * np.pi * np.asarray(cutoff))
         return 1.0 / (1.0 + tau / dt)
 
-    def __call__(self, x: np.ndarray, dt: float, reset: np.ndarray | None = None) -> np.ndarray:
-        """Filter ``x`` taken ``dt`` seconds after the previous sample. ``reset`` (boolean, broadcast
-        to ``x``) restarts the filter where set (e.g. joints not seen)."""
+    def __call__(
+        self, x: np.ndarray, dt: float, reset: np.ndarray | None = None, weight: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Filter ``x`` taken ``dt`` seconds after the previous sample.
+
+        Args:
+            reset: boolean, broadcast to ``x``: restart the filter there (output ``x``).
+            weight: trust in each sample, in ``[0, 1]`` (broadcast to ``x``): the update moves this
+                fraction of the way it would at full trust (0: the sample is ignored, the filter
+                carries its prediction).
+        """
         x = np.asarray(x, np.float64)
         if self.x is None:
             self.x, self.dx = x.copy(), np.zeros_like(x)
             return x.copy()
+        w = 1.0 if weight is None else np.clip(np.broadcast_to(weight, x.shape), 0.0, 1.0)
         dx = (x - self.x) / dt
-        a_d = self._alpha(self.d_cutoff, dt)
+        a_d = w * self._alpha(self.d_cutoff, dt)
         self.dx = a_d * dx + (1.0 - a_d) * self.dx
         cutoff = self.min_cutoff + self.beta * np.abs(self.dx)
-        a = self._alpha(cutoff, dt)
+        a = w * self._alpha(cutoff, dt)
         prior = self.x + self.dx * dt if self.predict else self.x
         out = a * x + (1.0 - a) * prior
         if reset is not None:
@@ -404,15 +421,20 @@ class PoseTracker:
         return rival >= ratio * sim[rows, cols]
 
     def _smooth(self, poses: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """One-Euro filter the joints of every tracked pose (time step: frames since last seen / fps)."""
+        """One-Euro filter the joints of every tracked pose (time step: frames since last seen / fps),
+        weighted by joint score (``smoothing.confidence``); joint scores are returned as detected."""
         s = self.cfg.smoothing
         last = dict(zip(self.tracks.ids.tolist(), self.tracks.seen.tolist()))
         for p in np.flatnonzero(ids >= 0):
             tid = int(ids[p])
             f = self.filters.setdefault(tid, OneEuroFilter(s.min_cutoff, s.beta, s.d_cutoff, s.predict))
             dt = max(self.frame - last.get(tid, self.frame - 1), 1) / self.fps
-            unseen = (poses[p, :, 2] <= self.cfg.joint_threshold)[:, None]
-            poses[p, :, :2] = f(poses[p, :, :2], dt, reset=unseen)
+            if s.confidence > 0:
+                weight = np.clip(poses[p, :, 2] / s.confidence, 0.0, 1.0)[:, None]
+                poses[p, :, :2] = f(poses[p, :, :2], dt, weight=weight)
+            else:
+                unseen = (poses[p, :, 2] <= self.cfg.joint_threshold)[:, None]
+                poses[p, :, :2] = f(poses[p, :, :2], dt, reset=unseen)
         return poses
 
     def reset(self) -> None:
