@@ -187,7 +187,6 @@ def test_one_euro_filter_reduces_jitter_vectorized() -> None:
     assert abs(np.abs(out - truth)[10:].mean() - np.abs(noisy - truth)[10:].mean()) < 1.0
 
 
-
 def test_low_scored_wrong_joints_barely_move_the_smoothed_pose() -> None:
     """A person walking at 2 px/frame; every 7th frame one joint jumps 40 px with a low score (a wrong
     joint, as networks give them). Score-weighted smoothing keeps that joint near its true path and
@@ -217,6 +216,7 @@ def test_low_scored_wrong_joints_barely_move_the_smoothed_pose() -> None:
         f(x, 1 / 25)
     held = f(truth[30, :, :2] + 100.0, 1 / 25, weight=np.zeros((k, 1)))
     assert np.allclose(held[:, 0], truth[30, :, 0], atol=0.5)  # ignored sample: carried at 2 px/frame
+
 
 def test_results_formats(checkpoint: Path) -> None:
     poses = np.random.default_rng(0).uniform(10, 100, (2, 17, 3)).astype(np.float32)
