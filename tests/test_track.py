@@ -154,6 +154,29 @@ def test_a_crossing_keeps_both_ids_when_the_poses_in_between_mislead(case: str) 
     assert len(ids_a) == 1 and len(ids_b) == 1 and ids_a != ids_b, (ids_a, ids_b)
 
 
+def test_a_second_detection_of_one_person_starts_no_track() -> None:
+    """From the frame a person appears, the network also gives a shifted, lower-scored copy of them:
+    with birth suppression the copy gets no track (no ID for it to steal later); a second person
+    elsewhere still starts one."""
+    gt = [np.array([p["keypoints"] for p in people])
+          for _, people in render_clip(seed=1, num_frames=20, num_people=3, scenario="walk")]  # fmt: skip
+    rng = np.random.default_rng(1)
+    counts = {}
+    for birth in (0.4, None):
+        tracker = PoseTracker(COCO, {"birth_similarity": birth}, fps=25)
+        seen = set()
+        for kp in gt:
+            people = np.concatenate([kp[..., :2] + rng.normal(0, 1.0, kp[..., :2].shape),
+                                     np.full(kp.shape[:2] + (1,), 0.9)], -1)  # fmt: skip
+            copy = people[:1].copy()
+            copy[..., :2] += 6.0  # a second pose a few px off the first person
+            poses = np.concatenate([people, copy])
+            ids, _ = tracker.update(poses, np.r_[np.full(len(people), 0.9), 0.3])
+            seen |= set(ids[ids >= 0].tolist())
+        counts[birth] = len(seen)
+    assert counts[0.4] == 3 and counts[None] > 3, counts
+
+
 def test_track_config_comes_from_its_group_and_refuses_unknown_keys() -> None:
     cfg = default_track_config()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -13,9 +13,10 @@ with its last pose carried (moved by its velocity when ``motion`` is on: the med
 the joints seen in both poses), so a person hidden behind another for a moment gets their ID back;
 after that the track ends. A *contested* match (a rival track predicts the pose nearly as well:
 one pose found for two overlapping people, or a pose mixing their joints) keeps its ID but leaves
-the track's motion as it was. Every unmatched pose scoring at least ``min_score`` starts a new
-track. Cost matrices are computed for all (track, pose) pairs at once; association always uses the
-detected poses, smoothing only changes what is returned. Settings: ``conf/track/default.yaml``.
+the track's motion as it was. Every unmatched pose scoring at least ``min_score`` (``init_score``)
+starts a new track, unless it is a second detection of someone (``birth_similarity``). Cost
+matrices are computed for all (track, pose) pairs at once; association always uses the detected
+poses, smoothing only changes what is returned. Settings: ``conf/track/default.yaml``.
 
 :class:`OneEuroFilter` (Casiez et al., CHI 2012) smooths each track's joints, vectorized over
 joints; :class:`PoseTracker` applies it when ``smoothing.enabled``, each joint's update weighted by
@@ -86,6 +87,9 @@ class TrackConfig:
         min_score: poses scoring below this are neither matched nor start tracks (track ID -1).
         init_score: the least score to start a track (``None``: ``min_score``); poses between the two
             only continue tracks (as ByteTrack's low-score matches: fewer tracks born of false positives).
+        birth_similarity: an unmatched pose at least this similar to a pose matched in the same frame,
+            or to a higher-scored unmatched one, starts no track: a second detection of one person
+            (``None``: every unmatched pose starts one).
         joint_threshold: joints with a score above this count as seen (OKS and boxes use them).
         motion: move a carried pose by the track's velocity (frames since it was seen x velocity).
         velocity_momentum: exponential smoothing of that velocity (0: last displacement only).
@@ -103,6 +107,7 @@ class TrackConfig:
     box_weight: float
     min_score: float
     init_score: float | None
+    birth_similarity: float | None
     joint_threshold: float
     motion: bool
     velocity_momentum: float
@@ -122,6 +127,8 @@ class TrackConfig:
             raise ValueError(f"track.contest_ratio must be in [0, 1], got {self.contest_ratio}")
         if not 0.0 <= self.min_similarity <= 1.0:
             raise ValueError(f"track.min_similarity must be in [0, 1], got {self.min_similarity}")
+        if self.birth_similarity is not None and not 0.0 < self.birth_similarity <= 1.0:
+            raise ValueError(f"track.birth_similarity must be in (0, 1] or null, got {self.birth_similarity}")
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None, base: TrackConfig | None = None) -> TrackConfig:
@@ -375,6 +382,7 @@ class PoseTracker:
             new = np.setdiff1d(cand, matched)
             if cfg.init_score is not None:
                 new = new[scores[new] >= cfg.init_score]
+            new = self._births(poses, scores, new, matched)
             ids[new] = np.arange(self.next_id, self.next_id + len(new))
             self.next_id += len(new)
         contested = self._contested(sim, rows, cols)
@@ -402,6 +410,22 @@ class PoseTracker:
             self.filters.pop(int(gone), None)
         self.tracks = grown.select(alive)
         return ids, out.astype(np.float32)
+
+    def _births(self, poses: np.ndarray, scores: np.ndarray, new: np.ndarray, matched: np.ndarray) -> np.ndarray:
+        """The unmatched poses (indices ``new`` into ``poses [P, K, 3]``) that start tracks: in score
+        order, each one not ``birth_similarity``-similar to a matched pose or to one kept before it
+        (non-maximum suppression of duplicate detections; sorted indices)."""
+        cfg = self.cfg
+        if cfg.birth_similarity is None or not len(new):
+            return new
+        new = new[np.argsort(-scores[new], kind="stable")]
+        args = (self.sigmas, cfg.joint_threshold, cfg.box_weight)
+        dup = pose_similarity(poses[new], poses[matched], *args).max(1, initial=0.0) >= cfg.birth_similarity
+        mutual = pose_similarity(poses[new], poses[new], *args) >= cfg.birth_similarity  # [N, N]
+        keep = np.zeros(len(new), bool)
+        for i in range(len(new)):  # greedy suppression in score order, over a handful of poses
+            keep[i] = not dup[i] and not (mutual[i, :i] & keep[:i]).any()
+        return np.sort(new[keep])
 
     def _contested(self, sim: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``[M]`` bool per match ``(rows, cols)`` of ``sim [T, P]``: a rival track predicts a pose at
