@@ -21,6 +21,7 @@ mean distance (px) of matched predictions to the ground truth, over visible join
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -74,6 +75,16 @@ def noisy_detections(gt: dict, k: int, rng: np.random.Generator, sigma: float) -
         poses = np.concatenate([kp[..., :2] + noise, np.clip(score, 0, 1)[..., None]], -1).astype(np.float32)
         out.append((poses, rng.uniform(0.6, 1.0, len(poses)).astype(np.float32)))
     return out
+
+
+def detections_key(checkpoint: str, input_size: int, flip: bool) -> str:
+    """A short key of what the cached detections depend on: the checkpoint's bytes and the test
+    settings (a cache made with another network or setting is not read)."""
+    h = hashlib.sha1(f"{input_size}/{flip}/".encode())
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
 
 
 def model_detections(video: Path, estimator) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(2)
         estimator = load_estimator(args.checkpoint, input_size=args.input_size, flip=args.flip, batch_size=4)
+        key = detections_key(args.checkpoint, args.input_size, args.flip)
     smooth = {
         "enabled": True, "min_cutoff": args.min_cutoff, "beta": args.beta, "d_cutoff": args.d_cutoff,
         "confidence": args.confidence,
@@ -213,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             frames_total += len(gt["frames"])
             cached = (
-                Path(args.cache) / f"dets_{args.scenario}_{seed}_{args.frames}_{args.people}.npz"
-                if args.cache
+                Path(args.cache) / f"dets_{key}_{args.scenario}_{seed}_{args.frames}_{args.people}.npz"
+                if args.cache and estimator
                 else None
             )
             if cached is not None and cached.exists() and estimator:
