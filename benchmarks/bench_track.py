@@ -10,10 +10,12 @@ detections (mostly while a person is hidden): that measures the association alon
 sequence is tracked by :class:`dekr.track.PoseTracker` (optimal assignment, gaps, motion), without
 and with One-Euro smoothing, and by :class:`dekr.track.GreedyTracker` (previous frame only, greedy).
 
-Identity metrics come from ``motmetrics`` (``pip install motmetrics``): MOTA, IDF1, ID switches. A
-prediction matches a ground-truth person at OKS >= 0.5; people less than ``--min-visible`` visible
-are not counted, and predictions on them are ignored. Jitter is the mean frame-to-frame joint
-acceleration ``|p[t+1] - 2 p[t] + p[t-1]|`` (px/frame^2) of the predictions matched to the same
+Identity metrics come from ``motmetrics`` (``pip install motmetrics``): MOTA, IDF1, ID switches;
+HOTA from TrackEval when installed (``pip install --no-deps trackeval``: its metrics need only numpy
+and scipy, while its declared dependencies include a second OpenCV build). A prediction matches a
+ground-truth person at OKS >= 0.5; people less than ``--min-visible`` visible are not counted,
+and predictions on them are ignored. Jitter is the mean frame-to-frame joint acceleration
+``|p[t+1] - 2 p[t] + p[t-1]|`` (px/frame^2) of the predictions matched to the same
 person in three consecutive frames (the ground truth's own is printed for reference); error is the
 mean distance (px) of matched predictions to the ground truth, over visible joints.
 """
@@ -21,7 +23,9 @@ mean distance (px) of matched predictions to the ground truth, over visible join
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import sys
 import tempfile
@@ -39,6 +43,11 @@ try:
     import motmetrics as mm
 except ImportError:  # pragma: no cover
     sys.exit("bench_track needs motmetrics: pip install motmetrics")
+try:  # HOTA (Luiten et al. 2021) from TrackEval; its metrics need only numpy and scipy
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints about optional dataset readers
+        from trackeval.metrics import HOTA
+except ImportError:  # pragma: no cover
+    HOTA = None
 
 
 def oks(gt: np.ndarray, area: np.ndarray, pred: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
@@ -139,6 +148,7 @@ def evaluate(
         s = sim[counted][:, hk]
         dist = np.where(s >= 0.5, 1 - s, np.nan)
         acc.update((gids[counted] + 100_000 * clip).tolist(), (hids[hk] + 100_000 * clip).tolist(), dist)
+        stats["frames"].append((gids[counted], hids[hk], s))
         # error / jitter: each person's best prediction (one-to-one), independent of the IDs
         if s.size:
             r, c = linear_sum_assignment(-np.nan_to_num(s, nan=0.0))
@@ -160,6 +170,26 @@ def evaluate(
                     a = np.linalg.norm(track[t + 1] - 2 * track[t] + track[t - 1], axis=1)
                     if np.isfinite(a).any():
                         stats[name].append(np.nanmean(a))
+
+
+def hota_of_clip(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict | None:
+    """TrackEval's HOTA of one clip: per frame the counted ground-truth IDs, the kept prediction IDs
+    and their OKS ``[G, H]`` (the similarity HOTA thresholds at 0.05 ... 0.95)."""
+    if HOTA is None:
+        return None
+    g_all = np.unique(np.concatenate([g for g, _, _ in frames] or [np.zeros(0, np.int64)]))
+    h_all = np.unique(np.concatenate([h for _, h, _ in frames] or [np.zeros(0, np.int64)]))
+    data = {
+        "num_timesteps": len(frames),
+        "num_gt_ids": len(g_all),
+        "num_tracker_ids": len(h_all),
+        "num_gt_dets": sum(len(g) for g, _, _ in frames),
+        "num_tracker_dets": sum(len(h) for _, h, _ in frames),
+        "gt_ids": [np.searchsorted(g_all, g) for g, _, _ in frames],  # 0-based, as TrackEval indexes
+        "tracker_ids": [np.searchsorted(h_all, h) for _, h, _ in frames],
+        "similarity_scores": [np.asarray(sim, np.float64).reshape(len(g), len(h)) for g, h, sim in frames],
+    }
+    return HOTA().eval_sequence(data)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
     }
     accs = {m: mm.MOTAccumulator(auto_id=True) for m in methods}
-    stats = {m: {"err": [], "jitter": [], "gt_jitter": []} for m in methods}
+    stats = {m: {"err": [], "jitter": [], "gt_jitter": [], "frames": []} for m in methods}
+    hota_clips: dict[str, dict[str, dict]] = {m: {} for m in methods}
     rng = np.random.default_rng(0)
     t_track = {m: 0.0 for m in methods}
     frames_total = 0
@@ -243,6 +274,10 @@ def main(argv: list[str] | None = None) -> None:
                 tracked = run_tracker(make(gt), dets)
                 t_track[m] += time.perf_counter() - t
                 evaluate(gt, tracked, spec, args.min_visible, accs[m], stats[m], seed)
+                clip_hota = hota_of_clip(stats[m]["frames"])
+                if clip_hota is not None:
+                    hota_clips[m][str(seed)] = clip_hota
+                stats[m]["frames"] = []
     wall = time.perf_counter() - t0
 
     mh = mm.metrics.create()
@@ -272,22 +307,31 @@ def main(argv: list[str] | None = None) -> None:
         f"(384x256, {fps:g} fps); smoothing min_cutoff={args.min_cutoff:g}, beta={args.beta:g}, "
         f"d_cutoff={args.d_cutoff:g}, confidence={args.confidence:g}; wall {wall:.0f} s.",
         "",
-        "| tracker | MOTA | IDF1 | ID switches | jitter (px/frame^2) | mean joint error (px) | tracking ms/frame |",
-        "|---|---|---|---|---|---|---|",
+        "| tracker | MOTA | IDF1 | HOTA | ID switches | jitter (px/frame^2) | mean joint error (px) "
+        "| tracking ms/frame |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in names:
         row = summary.loc[m]
         st = stats[m]
+        hota = f"{HOTA().combine_sequences(hota_clips[m])['HOTA'].mean():.3f}" if hota_clips[m] else "-"
         lines.append(
-            f"| {m} | {row['mota']:.3f} | {row['idf1']:.3f} | {int(row['num_switches'])} | "
+            f"| {m} | {row['mota']:.3f} | {row['idf1']:.3f} | {hota} | {int(row['num_switches'])} | "
             f"{np.mean(st['jitter']):.2f} | {np.mean(st['err']):.2f} | {1000 * t_track[m] / frames_total:.2f} |"
         )
-    lines.append(f"| (ground truth's own motion) | | | | {np.mean(stats[names[0]]['gt_jitter']):.2f} | | |")
+    lines.append(f"| (ground truth's own motion) | | | | | {np.mean(stats[names[0]]['gt_jitter']):.2f} | | |")
     lines.append("")
     lines.append(
         f"Detections matched at OKS >= 0.5: recall {summary.loc[names[1], 'recall']:.3f}, "
         f"precision {summary.loc[names[1], 'precision']:.3f} (the same for every tracker without smoothing)."
     )
+    if HOTA is None:
+        lines.append("HOTA: not computed (TrackEval is not installed: pip install --no-deps trackeval).")
+    else:
+        lines.append(
+            "HOTA: TrackEval's, OKS as the similarity, mean over thresholds 0.05-0.95 (the oracle row is IDF1's "
+            "ceiling at OKS 0.5, not HOTA's)."
+        )
     table = "\n".join(lines)
     print(table)
     if args.out:
