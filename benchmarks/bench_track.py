@@ -133,11 +133,16 @@ def run_tracker(tracker, detections) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def evaluate(
     gt: dict, tracked, spec: KeypointSpec, min_visible: float, acc: mm.MOTAccumulator, stats: dict, clip: int
-) -> None:
-    """Add one clip to the accumulator (IDs made unique per clip) and to the error / jitter sums."""
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Add one clip to the accumulator (IDs made unique per clip) and to the error / jitter sums.
+
+    Returns:
+        per frame: the counted ground-truth IDs, the kept prediction IDs and their OKS (for HOTA).
+    """
     k, sigmas = spec.num_keypoints, spec.sigmas_array
     history: dict[int, dict[int, np.ndarray]] = {}
     gt_hist: dict[int, dict[int, np.ndarray]] = {}
+    frames = []
     for t, (frame, (hids, hposes)) in enumerate(zip(gt["frames"], tracked)):
         gids, gk, garea, gvis = gt_arrays(frame, k)
         sim = oks(gk, garea, hposes, sigmas)
@@ -148,7 +153,7 @@ def evaluate(
         s = sim[counted][:, hk]
         dist = np.where(s >= 0.5, 1 - s, np.nan)
         acc.update((gids[counted] + 100_000 * clip).tolist(), (hids[hk] + 100_000 * clip).tolist(), dist)
-        stats["frames"].append((gids[counted], hids[hk], s))
+        frames.append((gids[counted], hids[hk], s))
         # error / jitter: each person's best prediction (one-to-one), independent of the IDs
         if s.size:
             r, c = linear_sum_assignment(-np.nan_to_num(s, nan=0.0))
@@ -170,6 +175,7 @@ def evaluate(
                     a = np.linalg.norm(track[t + 1] - 2 * track[t] + track[t - 1], axis=1)
                     if np.isfinite(a).any():
                         stats[name].append(np.nanmean(a))
+    return frames
 
 
 def hota_of_clip(frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict | None:
@@ -205,10 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--input-size", type=int, default=256)
     ap.add_argument("--flip", action="store_true", help="flip test (off: faster)")
     ap.add_argument("--min-visible", type=float, default=0.3)
-    ap.add_argument("--min-cutoff", type=float, default=default_track_config().smoothing.min_cutoff)
-    ap.add_argument("--beta", type=float, default=default_track_config().smoothing.beta)
-    ap.add_argument("--d-cutoff", type=float, default=default_track_config().smoothing.d_cutoff)
-    ap.add_argument("--confidence", type=float, default=default_track_config().smoothing.confidence)
+    smoothing = default_track_config().smoothing
+    ap.add_argument("--min-cutoff", type=float, default=smoothing.min_cutoff)
+    ap.add_argument("--beta", type=float, default=smoothing.beta)
+    ap.add_argument("--d-cutoff", type=float, default=smoothing.d_cutoff)
+    ap.add_argument("--confidence", type=float, default=smoothing.confidence)
     ap.add_argument(
         "--track", default="{}", help="tracker settings over conf/track/default.yaml, JSON, e.g. '{\"patience\": 10}'"
     )
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     }
     accs = {m: mm.MOTAccumulator(auto_id=True) for m in methods}
-    stats = {m: {"err": [], "jitter": [], "gt_jitter": [], "frames": []} for m in methods}
+    stats = {m: {"err": [], "jitter": [], "gt_jitter": []} for m in methods}
     hota_clips: dict[str, dict[str, dict]] = {m: {} for m in methods}
     rng = np.random.default_rng(0)
     t_track = {m: 0.0 for m in methods}
@@ -260,12 +267,12 @@ def main(argv: list[str] | None = None) -> None:
                 if args.cache and estimator
                 else None
             )
-            if cached is not None and cached.exists() and estimator:
+            if cached is not None and cached.exists():
                 z = np.load(cached)
                 dets = [(z[f"p{t}"], z[f"s{t}"]) for t in range(len(gt["frames"]))]
             else:
                 dets = model_detections(video, estimator) if estimator else noisy_detections(gt, 17, rng, args.noise)
-                if cached is not None and estimator:
+                if cached is not None:
                     cached.parent.mkdir(parents=True, exist_ok=True)
                     np.savez(cached, **{f"p{t}": p for t, (p, _) in enumerate(dets)},
                              **{f"s{t}": s for t, (_, s) in enumerate(dets)})  # fmt: skip
@@ -273,11 +280,9 @@ def main(argv: list[str] | None = None) -> None:
                 t = time.perf_counter()
                 tracked = run_tracker(make(gt), dets)
                 t_track[m] += time.perf_counter() - t
-                evaluate(gt, tracked, spec, args.min_visible, accs[m], stats[m], seed)
-                clip_hota = hota_of_clip(stats[m]["frames"])
+                clip_hota = hota_of_clip(evaluate(gt, tracked, spec, args.min_visible, accs[m], stats[m], seed))
                 if clip_hota is not None:
                     hota_clips[m][str(seed)] = clip_hota
-                stats[m]["frames"] = []
     wall = time.perf_counter() - t0
 
     mh = mm.metrics.create()

@@ -454,8 +454,7 @@ class PoseTracker:
             f = self.filters.setdefault(tid, OneEuroFilter(s.min_cutoff, s.beta, s.d_cutoff, s.predict))
             dt = max(self.frame - last.get(tid, self.frame - 1), 1) / self.fps
             if s.confidence > 0:
-                weight = np.clip(poses[p, :, 2] / s.confidence, 0.0, 1.0)[:, None]
-                poses[p, :, :2] = f(poses[p, :, :2], dt, weight=weight)
+                poses[p, :, :2] = f(poses[p, :, :2], dt, weight=(poses[p, :, 2] / s.confidence)[:, None])
             else:
                 unseen = (poses[p, :, 2] <= self.cfg.joint_threshold)[:, None]
                 poses[p, :, :2] = f(poses[p, :, :2], dt, reset=unseen)
