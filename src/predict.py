@@ -252,9 +252,9 @@ def predict_video(
             else:
                 result = _frame_result(res, spec, index, path.name, cfg.min_score, tracker)
                 line = result.to_dict()
-                if "raw_poses" in result.extra:  # replayable smoothing state for resume
+                if "raw_poses" in result.extra:  # replayable smoothing state for resume: float32 exactly
                     for person, raw in zip(line["people"], result.extra["raw_poses"]):
-                        person["raw_keypoints"] = [round(float(v), 3) for v in raw.reshape(-1)]
+                        person["raw_keypoints"] = [float(str(v)) for v in np.asarray(raw, np.float32).reshape(-1)]
                 sink.write(json.dumps(line, separators=(",", ":")) + "\n")
                 finish(img, result)
             index += 1
